@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the tests, the demo and the benchmarks need beyond the Rust
+# toolchain: moto's S3 server (origin), iproute2 (node network namespaces and
+# link shaping) and kubectl's companions. Safe to run again: it installs only
+# what is missing.
+set -euo pipefail
+
+need_apt=()
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v tc >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+if ((${#need_apt[@]})); then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    else
+        echo "setup: missing ${need_apt[*]} (not root: tests that need them fall back or skip)" >&2
+    fi
+fi
+
+if ! python3 -c 'import moto.server, flask, flask_cors' >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
+fi
