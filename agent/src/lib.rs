@@ -1,1 +1,20 @@
-//! placeholder
+//! The swarmseed node agent.
+//!
+//! Data path: [`origin`] (source reads) → [`transfer`] (swarm scheduling
+//! over [`wire`], bookkeeping in [`board`], digests vouched for by
+//! [`attest`]) → [`store`] (staging, verification log, atomic publish).
+//! [`peer_server`] serves verified chunks to other nodes; [`control`] is
+//! the operator's gRPC API; [`admin`] serves health and metrics.
+
+pub mod admin;
+pub mod agent;
+pub mod attest;
+pub mod board;
+pub mod control;
+pub mod metrics;
+pub mod origin;
+pub mod peer_server;
+pub mod ratelimit;
+pub mod store;
+pub mod transfer;
+pub mod wire;

@@ -1,1 +1,207 @@
-fn main() {}
+//! `swarmseed-agent`: the per-node agent (runs as a DaemonSet).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use swarmseed_agent::agent::Agent;
+use swarmseed_agent::control::{ControlAuth, ControlService};
+use swarmseed_agent::metrics::Metrics;
+use swarmseed_agent::origin::OriginOptions;
+use swarmseed_agent::peer_server::{self, TransferLookup};
+use swarmseed_agent::store::NodeStore;
+use swarmseed_agent::transfer::TransferConfig;
+use swarmseed_proto::pb::agent_control_server::AgentControlServer;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Node agent of swarmseed: holds datasets on this node's disk, pulling
+/// verified chunks from peer agents over TCP and from the origin only as a
+/// last resort, and publishes each revision atomically under
+/// <ROOT>/datasets/<namespace>/<name>. The operator drives it over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "swarmseed-agent", version)]
+struct Args {
+    /// Name of the Kubernetes node this agent runs on (from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+
+    /// Root of the node store (a hostPath). Datasets are published under
+    /// <ROOT>/datasets/<namespace>/<name>.
+    #[arg(long, env = "SWARMSEED_ROOT", default_value = "/var/lib/swarmseed")]
+    root: PathBuf,
+
+    /// Address of the gRPC control API the operator calls.
+    #[arg(long, env = "SWARMSEED_CONTROL_LISTEN", default_value = "0.0.0.0:7400")]
+    control_listen: SocketAddr,
+
+    /// Address of the peer data server other agents pull chunks from.
+    #[arg(long, env = "SWARMSEED_PEER_LISTEN", default_value = "0.0.0.0:7401")]
+    peer_listen: SocketAddr,
+
+    /// Address of the admin server (/livez, /readyz, /metrics).
+    #[arg(long, env = "SWARMSEED_ADMIN_LISTEN", default_value = "0.0.0.0:7402")]
+    admin_listen: SocketAddr,
+
+    /// The address peers reach this node at (the pod IP); reported to the
+    /// operator with the peer port.
+    #[arg(long, env = "POD_IP")]
+    advertise_address: Option<String>,
+
+    /// File holding the control token the operator presents on every call
+    /// (a mounted Secret).
+    #[arg(long, env = "SWARMSEED_CONTROL_TOKEN_FILE")]
+    control_token_file: PathBuf,
+
+    /// Read a chunk from the origin when every agent assigned to fetch it has
+    /// been unreachable for this long.
+    #[arg(long, env = "SWARMSEED_FALLBACK_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    fallback_after: Duration,
+
+    /// Timeout of one origin request.
+    #[arg(long, env = "SWARMSEED_ORIGIN_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    origin_timeout: Duration,
+
+    /// Retries of a failed origin request (with exponential backoff).
+    #[arg(long, env = "SWARMSEED_ORIGIN_RETRIES", default_value_t = 5)]
+    origin_retries: u32,
+
+    /// Drop a peer connection that delivers nothing for this long while
+    /// requests are outstanding.
+    #[arg(long, env = "SWARMSEED_PEER_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    peer_stall_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "SWARMSEED_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+
+    /// Test-only fault: serve corrupted chunks to peers.
+    #[arg(long, env = "SWARMSEED_TEST_FAULT_CORRUPT_SERVING", hide = true)]
+    test_fault_corrupt_serving: bool,
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+
+    let token = std::fs::read_to_string(&args.control_token_file).with_context(|| {
+        format!(
+            "reading the control token from {}",
+            args.control_token_file.display()
+        )
+    })?;
+    if token.trim().is_empty() {
+        anyhow::bail!(
+            "the control token file {} is empty",
+            args.control_token_file.display()
+        );
+    }
+
+    let store = Arc::new(NodeStore::open(&args.root).context("opening the node store")?);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::register(&mut registry);
+
+    let peer_listener = tokio::net::TcpListener::bind(args.peer_listen)
+        .await
+        .with_context(|| format!("binding the peer server to {}", args.peer_listen))?;
+    let peer_port = peer_listener.local_addr()?.port();
+    let advertise = args
+        .advertise_address
+        .clone()
+        .unwrap_or_else(|| args.peer_listen.ip().to_string());
+
+    let cfg = TransferConfig {
+        node_name: args.node_name.clone(),
+        fallback_after: args.fallback_after,
+        stall_timeout: args.peer_stall_timeout,
+        origin: OriginOptions {
+            request_timeout: args.origin_timeout,
+            max_retries: args.origin_retries,
+            ..OriginOptions::default()
+        },
+        ..TransferConfig::default()
+    };
+    let agent = Agent::new(
+        store,
+        metrics,
+        cfg,
+        format!("{advertise}:{peer_port}"),
+        args.test_fault_corrupt_serving,
+    )
+    .context("loading the agent identity")?;
+
+    let shutdown = CancellationToken::new();
+    let lookup: Arc<dyn TransferLookup> = agent.clone();
+    let peers = tokio::spawn(peer_server::serve(peer_listener, lookup, shutdown.clone()));
+
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin server to {}", args.admin_listen))?;
+    let admin = {
+        let app = swarmseed_agent::admin::router(agent.clone(), Arc::new(registry));
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(admin_listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        })
+    };
+
+    let control = {
+        let svc = AgentControlServer::with_interceptor(
+            ControlService::new(agent.clone()),
+            ControlAuth::new(&token),
+        );
+        let shutdown = shutdown.clone();
+        let addr = args.control_listen;
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .timeout(Duration::from_secs(120))
+                .add_service(svc)
+                .serve_with_shutdown(addr, async move { shutdown.cancelled().await })
+                .await
+        })
+    };
+
+    info!(node = %args.node_name, root = %args.root.display(), peer = %format!("{advertise}:{peer_port}"), "agent started");
+    agent.recover().await;
+
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("interrupted"),
+        _ = terminate() => info!("terminated"),
+        r = control => error!(result = ?r, "control server stopped"),
+    }
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = peers.await;
+        let _ = admin.await;
+    })
+    .await;
+    Ok(())
+}
+
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}

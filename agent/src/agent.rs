@@ -1,0 +1,356 @@
+//! The agent: every dataset this node holds, and the operations the
+//! operator drives over the control API. Each operation is idempotent.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use swarmseed_proto::pb::{self, DatasetState};
+use swarmseed_proto::{ChunkLayout, LayoutError, RevisionId};
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::attest::Identity;
+use crate::metrics::Metrics;
+use crate::origin::OriginError;
+use crate::peer_server::TransferLookup;
+use crate::store::{DatasetKey, NodeStore, StoreError};
+use crate::transfer::{Transfer, TransferConfig};
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error("invalid assignment: {0}")]
+    Invalid(String),
+    #[error("invalid listing: {0}")]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+}
+
+impl ApplyError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid",
+            Self::Layout(_) => "layout",
+            Self::Store(e) => e.label(),
+            Self::Origin(e) => e.label(),
+        }
+    }
+}
+
+impl From<ApplyError> for tonic::Status {
+    fn from(e: ApplyError) -> Self {
+        let msg = e.to_string();
+        match &e {
+            ApplyError::Invalid(_) | ApplyError::Layout(_) => tonic::Status::invalid_argument(msg),
+            ApplyError::Store(StoreError::UnsafePath { .. } | StoreError::InvalidName(_)) => {
+                tonic::Status::invalid_argument(msg)
+            }
+            ApplyError::Store(StoreError::InsufficientStorage { .. }) => {
+                tonic::Status::resource_exhausted(msg)
+            }
+            ApplyError::Store(StoreError::Occupied { .. }) => {
+                tonic::Status::failed_precondition(msg)
+            }
+            ApplyError::Store(StoreError::Io { .. }) => tonic::Status::internal(msg),
+            ApplyError::Origin(_) => tonic::Status::invalid_argument(msg),
+        }
+    }
+}
+
+struct Slot {
+    assignment: pb::Assignment,
+    current: Arc<Transfer>,
+    /// The revision being replaced, still served to peers until the new one
+    /// is published.
+    previous: Option<Arc<Transfer>>,
+}
+
+pub struct Agent {
+    store: Arc<NodeStore>,
+    identity: Arc<Identity>,
+    metrics: Arc<Metrics>,
+    cfg: Arc<TransferConfig>,
+    peer_address: String,
+    corrupt_serving: bool,
+    datasets: Mutex<HashMap<DatasetKey, Slot>>,
+    ops: tokio::sync::Mutex<()>,
+    ready: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Agent {
+    pub fn new(
+        store: Arc<NodeStore>,
+        metrics: Arc<Metrics>,
+        cfg: TransferConfig,
+        peer_address: String,
+        corrupt_serving: bool,
+    ) -> std::io::Result<Arc<Self>> {
+        let identity = Arc::new(Identity::load_or_create(&store.root().join("agent.key"))?);
+        Ok(Arc::new(Self {
+            store,
+            identity,
+            metrics,
+            cfg: Arc::new(cfg),
+            peer_address,
+            corrupt_serving,
+            datasets: Mutex::new(HashMap::new()),
+            ops: tokio::sync::Mutex::new(()),
+            ready: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.identity.public_key()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Resumes every dataset persisted in the store (after a restart).
+    pub async fn recover(self: &Arc<Self>) {
+        let store = self.store.clone();
+        let saved = tokio::task::spawn_blocking(move || store.load_assignments())
+            .await
+            .unwrap_or_default();
+        for a in saved {
+            match a {
+                Ok(a) => {
+                    let name = a
+                        .dataset
+                        .as_ref()
+                        .map(|d| format!("{}/{}", d.namespace, d.name));
+                    match self.apply(a).await {
+                        Ok(_) => info!(dataset = ?name, "resumed"),
+                        Err(e) => warn!(dataset = ?name, error = %e, "could not resume"),
+                    }
+                }
+                Err(e) => warn!(error = %e, "unreadable saved assignment"),
+            }
+        }
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub async fn apply(
+        self: &Arc<Self>,
+        a: pb::Assignment,
+    ) -> Result<pb::ApplyAssignmentResponse, ApplyError> {
+        let key = DatasetKey::from_ref(a.dataset.as_ref())?;
+        if a.peer_token.len() != 32 {
+            return Err(ApplyError::Invalid("peer_token must be 32 bytes".into()));
+        }
+        if !a.pinned_digest.is_empty() && a.pinned_digest.len() != 32 {
+            return Err(ApplyError::Invalid(
+                "pinned_digest must be empty or 32 bytes".into(),
+            ));
+        }
+        let layout = Arc::new(ChunkLayout::new(a.files.clone(), a.chunk_size)?);
+        if layout.revision().to_hex() != a.revision {
+            return Err(ApplyError::Invalid(format!(
+                "revision {} does not match the listing (computed {})",
+                a.revision,
+                layout.revision()
+            )));
+        }
+        let _serial = self.ops.lock().await;
+
+        // Same revision: nothing, or a new plan.
+        let existing = {
+            let datasets = lock(&self.datasets);
+            datasets
+                .get(&key)
+                .map(|s| (s.current.clone(), s.assignment == a))
+        };
+        if let Some((current, same)) = existing
+            && current.revision() == layout.revision()
+            && !current.is_failed()
+        {
+            if same {
+                return Ok(pb::ApplyAssignmentResponse {
+                    changed: false,
+                    progress: Some(self.progress_of(&key, &current)),
+                });
+            }
+            current.update_plan(&a)?;
+            self.persist(&key, &a).await?;
+            if let Some(slot) = lock(&self.datasets).get_mut(&key) {
+                slot.assignment = a;
+            }
+            return Ok(pb::ApplyAssignmentResponse {
+                changed: true,
+                progress: Some(self.progress_of(&key, &current)),
+            });
+        }
+
+        // A new revision (or a retry of a failed one).
+        let base = {
+            let datasets = lock(&self.datasets);
+            datasets.get(&key).and_then(|s| {
+                [Some(&s.current), s.previous.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .find(|t| t.files().is_published() && t.revision() != layout.revision())
+                    .cloned()
+            })
+        };
+        let store = self.store.clone();
+        let k = key.clone();
+        let l = layout.clone();
+        let files = tokio::task::spawn_blocking(move || {
+            store.open_revision(&k, l, base.as_ref().map(|t| t.files().as_ref()))
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            path: "open revision".into(),
+            source: std::io::Error::other(e),
+        })??;
+        let transfer = Transfer::new(
+            key.clone(),
+            Arc::new(files),
+            &a,
+            self.identity.clone(),
+            self.metrics.clone(),
+            self.cfg.clone(),
+            self.corrupt_serving,
+        )?;
+        self.persist(&key, &a).await?;
+        let replaced = {
+            let mut datasets = lock(&self.datasets);
+            let old = datasets.remove(&key);
+            let previous = old
+                .as_ref()
+                .map(|s| s.current.clone())
+                .filter(|t| t.is_ready());
+            if let Some(old) = &old
+                && !old.current.is_ready()
+            {
+                old.current.stop();
+            }
+            datasets.insert(
+                key.clone(),
+                Slot {
+                    assignment: a,
+                    current: transfer.clone(),
+                    previous,
+                },
+            );
+            self.metrics.datasets.set(datasets.len() as i64);
+            old
+        };
+        if let Some(old) = replaced.and_then(|s| s.previous) {
+            old.stop();
+        }
+        info!(dataset = %key, revision = %layout.revision().short(), chunks = layout.chunk_count(), "assignment accepted");
+        tokio::spawn(transfer.clone().run(self.store.clone()));
+        Ok(pb::ApplyAssignmentResponse {
+            changed: true,
+            progress: Some(self.progress_of(&key, &transfer)),
+        })
+    }
+
+    async fn persist(&self, key: &DatasetKey, a: &pb::Assignment) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let (key, a) = (key.clone(), a.clone());
+        tokio::task::spawn_blocking(move || store.save_assignment(&key, &a))
+            .await
+            .map_err(|e| StoreError::Io {
+                path: "assignment".into(),
+                source: std::io::Error::other(e),
+            })?
+    }
+
+    /// Removes a dataset from the node; returns whether it held anything.
+    pub async fn remove(&self, key: &DatasetKey) -> Result<bool, StoreError> {
+        let _serial = self.ops.lock().await;
+        let slot = {
+            let mut datasets = lock(&self.datasets);
+            let slot = datasets.remove(key);
+            self.metrics.datasets.set(datasets.len() as i64);
+            slot
+        };
+        if let Some(slot) = &slot {
+            slot.current.stop();
+            if let Some(p) = &slot.previous {
+                p.stop();
+            }
+        }
+        let store = self.store.clone();
+        let k = key.clone();
+        let existed = tokio::task::spawn_blocking(move || store.remove(&k))
+            .await
+            .map_err(|e| StoreError::Io {
+                path: "remove".into(),
+                source: std::io::Error::other(e),
+            })??;
+        info!(dataset = %key, existed, "removed");
+        Ok(existed || slot.is_some())
+    }
+
+    fn progress_of(&self, key: &DatasetKey, t: &Transfer) -> pb::DatasetProgress {
+        let mut p = t.progress();
+        p.published_path = self.store.dataset_path(key).display().to_string();
+        if let Some(short) = self.store.published_revision(key) {
+            let rev = t.revision();
+            p.published_revision = if rev.short() == short {
+                rev.to_hex()
+            } else {
+                short
+            };
+        }
+        p
+    }
+
+    pub fn status(&self, only: Option<&DatasetKey>) -> pb::AgentStatus {
+        let transfers: Vec<(DatasetKey, Arc<Transfer>)> = lock(&self.datasets)
+            .iter()
+            .filter(|(k, _)| only.is_none_or(|o| o == *k))
+            .map(|(k, s)| (k.clone(), s.current.clone()))
+            .collect();
+        let mut datasets: Vec<pb::DatasetProgress> = transfers
+            .iter()
+            .map(|(k, t)| self.progress_of(k, t))
+            .collect();
+        datasets.sort_by(|a, b| {
+            let key = |p: &pb::DatasetProgress| {
+                p.dataset
+                    .as_ref()
+                    .map(|d| (d.namespace.clone(), d.name.clone()))
+            };
+            key(a).cmp(&key(b))
+        });
+        pb::AgentStatus {
+            node_name: self.cfg.node_name.clone(),
+            public_key: self.identity.public_key().to_vec(),
+            peer_address: self.peer_address.clone(),
+            datasets,
+            disk: Some(self.store.disk_usage()),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    /// Whether every dataset is ready (used by tests and the admin page).
+    pub fn all_ready(&self) -> bool {
+        lock(&self.datasets)
+            .values()
+            .all(|s| s.current.progress().state == DatasetState::Ready as i32)
+    }
+}
+
+impl TransferLookup for Agent {
+    fn find(&self, key: &DatasetKey, revision: &RevisionId) -> Option<Arc<Transfer>> {
+        let datasets = lock(&self.datasets);
+        let slot = datasets.get(key)?;
+        [Some(&slot.current), slot.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|t| t.revision() == *revision)
+            .cloned()
+    }
+}

@@ -1,0 +1,194 @@
+//! Where a chunk digest may come from.
+//!
+//! Only an agent that read a chunk from the origin knows its true digest.
+//! It signs `(revision, chunk index, digest)` with its Ed25519 key; the
+//! attestation travels with the chunk's availability through the swarm. A
+//! receiver accepts a digest only when it is signed by an agent the plan
+//! names as an origin fetcher for that chunk (the plan comes from the
+//! operator over the authenticated control channel). So a peer can serve
+//! bytes, but it can never make another node accept bytes the origin side
+//! did not vouch for: a corrupted chunk fails verification and its sender is
+//! dropped.
+
+use std::io;
+use std::path::Path;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use swarmseed_proto::pb;
+use swarmseed_proto::{ChunkDigest, RevisionId};
+
+use crate::store::ChunkRecord;
+
+const CONTEXT: &[u8] = b"swarmseed.io chunk attestation v1";
+
+/// This agent's signing identity, persisted in the node store so that
+/// attestations survive a restart.
+pub struct Identity {
+    key: SigningKey,
+}
+
+impl Identity {
+    /// Loads the key at `path`, creating it (mode 0600) on first start.
+    pub fn load_or_create(path: &Path) -> io::Result<Self> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} is not a 32-byte key", path.display()),
+                    )
+                })?;
+                Ok(Self {
+                    key: SigningKey::from_bytes(&secret),
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let key = SigningKey::generate(&mut rand::rngs::OsRng);
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let tmp = path.with_extension("tmp");
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(&key.to_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, path)?;
+                Ok(Self { key })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    pub fn attest(&self, revision: &RevisionId, index: u32, digest: ChunkDigest) -> ChunkRecord {
+        let sig = self.key.sign(&message(revision, index, &digest));
+        ChunkRecord {
+            index,
+            digest,
+            signer: self.public_key(),
+            signature: sig.to_bytes(),
+        }
+    }
+}
+
+fn message(revision: &RevisionId, index: u32, digest: &ChunkDigest) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CONTEXT.len() + 32 + 4 + 32);
+    m.extend_from_slice(CONTEXT);
+    m.extend_from_slice(&revision.0);
+    m.extend_from_slice(&index.to_le_bytes());
+    m.extend_from_slice(&digest.0);
+    m
+}
+
+/// One planned fetcher: its key (parsed and raw) and its sorted ranges.
+type Fetcher = (VerifyingKey, [u8; 32], Vec<(u32, u32)>);
+
+/// Which keys may vouch for which chunks, from the plan.
+#[derive(Debug, Default, Clone)]
+pub struct FetcherTable {
+    fetchers: Vec<Fetcher>,
+}
+
+impl FetcherTable {
+    pub fn from_plan(fetchers: &[pb::OriginFetcher]) -> Self {
+        let fetchers = fetchers
+            .iter()
+            .filter_map(|f| {
+                let bytes: [u8; 32] = f.public_key.as_slice().try_into().ok()?;
+                let key = VerifyingKey::from_bytes(&bytes).ok()?;
+                let mut ranges: Vec<(u32, u32)> = f
+                    .ranges
+                    .iter()
+                    .map(|r| (r.start, r.end))
+                    .filter(|(s, e)| s < e)
+                    .collect();
+                ranges.sort_unstable();
+                Some((key, bytes, ranges))
+            })
+            .collect();
+        Self { fetchers }
+    }
+
+    /// The ranges the plan gives to `key`.
+    pub fn ranges_of(&self, key: &[u8; 32]) -> Vec<(u32, u32)> {
+        self.fetchers
+            .iter()
+            .filter(|(_, k, _)| k == key)
+            .flat_map(|(_, _, r)| r.iter().copied())
+            .collect()
+    }
+
+    pub fn may_vouch(&self, key: &[u8; 32], index: u32) -> bool {
+        self.fetchers
+            .iter()
+            .any(|(_, k, ranges)| k == key && ranges.iter().any(|&(s, e)| s <= index && index < e))
+    }
+
+    /// Whether `record` is a valid attestation of a fetcher the plan names
+    /// for that chunk.
+    pub fn accepts(&self, revision: &RevisionId, record: &ChunkRecord) -> bool {
+        let Some((key, _, _)) = self.fetchers.iter().find(|(_, k, ranges)| {
+            *k == record.signer
+                && ranges
+                    .iter()
+                    .any(|&(s, e)| s <= record.index && record.index < e)
+        }) else {
+            return false;
+        };
+        let sig = Signature::from_bytes(&record.signature);
+        key.verify(&message(revision, record.index, &record.digest), &sig)
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(id: &Identity, start: u32, end: u32) -> FetcherTable {
+        FetcherTable::from_plan(&[pb::OriginFetcher {
+            node_name: "n".into(),
+            public_key: id.public_key().to_vec(),
+            ranges: vec![pb::ChunkRange { start, end }],
+        }])
+    }
+
+    #[test]
+    fn only_the_planned_fetcher_may_vouch_for_its_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Identity::load_or_create(&dir.path().join("a.key")).unwrap();
+        let b = Identity::load_or_create(&dir.path().join("b.key")).unwrap();
+        let rev = RevisionId([3; 32]);
+        let table = plan(&a, 0, 10);
+        let good = a.attest(&rev, 4, ChunkDigest([1; 32]));
+        assert!(table.accepts(&rev, &good));
+        // Outside a's range, by someone not in the plan, tampered digest,
+        // other revision: all refused.
+        assert!(!table.accepts(&rev, &a.attest(&rev, 10, ChunkDigest([1; 32]))));
+        assert!(!table.accepts(&rev, &b.attest(&rev, 4, ChunkDigest([1; 32]))));
+        let mut tampered = good;
+        tampered.digest = ChunkDigest([2; 32]);
+        assert!(!table.accepts(&rev, &tampered));
+        assert!(!table.accepts(&RevisionId([4; 32]), &good));
+    }
+
+    #[test]
+    fn the_identity_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.key");
+        let k1 = Identity::load_or_create(&p).unwrap().public_key();
+        let k2 = Identity::load_or_create(&p).unwrap().public_key();
+        assert_eq!(k1, k2);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! The gRPC control API the operator calls (`swarmseed.agent.v1.AgentControl`).
+//!
+//! Every call must carry `authorization: Bearer <token>` with the control
+//! token shared by the operator and the agents (a Secret mounted into both;
+//! see docs/security.md). Anything else is refused with UNAUTHENTICATED.
+
+use std::sync::Arc;
+
+use swarmseed_proto::pb::{self, agent_control_server::AgentControl};
+use tonic::{Request, Response, Status};
+
+use crate::agent::Agent;
+use crate::store::DatasetKey;
+
+pub struct ControlService {
+    agent: Arc<Agent>,
+}
+
+impl ControlService {
+    pub fn new(agent: Arc<Agent>) -> Self {
+        Self { agent }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentControl for ControlService {
+    async fn apply_assignment(
+        &self,
+        request: Request<pb::Assignment>,
+    ) -> Result<Response<pb::ApplyAssignmentResponse>, Status> {
+        let resp = self.agent.apply(request.into_inner()).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn remove_dataset(
+        &self,
+        request: Request<pb::RemoveDatasetRequest>,
+    ) -> Result<Response<pb::RemoveDatasetResponse>, Status> {
+        let key = DatasetKey::from_ref(request.get_ref().dataset.as_ref())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let existed = self
+            .agent
+            .remove(&key)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::RemoveDatasetResponse { existed }))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::AgentStatus>, Status> {
+        let only = match request.get_ref().dataset.as_ref() {
+            Some(d) => Some(
+                DatasetKey::new(&d.namespace, &d.name)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(Response::new(self.agent.status(only.as_ref())))
+    }
+}
+
+/// Checks the bearer token on every control call.
+#[derive(Clone)]
+pub struct ControlAuth {
+    expected: Arc<Vec<u8>>,
+}
+
+impl ControlAuth {
+    pub fn new(token: &str) -> Self {
+        Self {
+            expected: Arc::new(format!("Bearer {}", token.trim()).into_bytes()),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for ControlAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let given = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let ok = given.len() == self.expected.len()
+            && given
+                .iter()
+                .zip(self.expected.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if ok {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated("missing or wrong control token"))
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Prometheus metrics of the agent, registered in an injected registry and
+//! served on the admin port at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// origin | peer | reused
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub bytes_received: Family<SourceLabels, Counter>,
+    pub bytes_served: Counter,
+    pub chunks_verified: Counter,
+    pub verification_failures: Counter,
+    pub peers_dropped: Family<ReasonLabels, Counter>,
+    pub active_peers: Gauge,
+    pub datasets: Gauge,
+    pub origin_errors: Family<ReasonLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> std::sync::Arc<Self> {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("swarmseed_agent");
+        r.register(
+            "received_bytes",
+            "Verified bytes written to the node store, by source (origin, peer, reused from an earlier revision)",
+            m.bytes_received.clone(),
+        );
+        r.register(
+            "served_bytes",
+            "Bytes served to peers",
+            m.bytes_served.clone(),
+        );
+        r.register(
+            "chunks_verified",
+            "Chunks whose blake3 digest matched",
+            m.chunks_verified.clone(),
+        );
+        r.register(
+            "verification_failures",
+            "Chunks received from a peer whose digest did not match (the peer is dropped)",
+            m.verification_failures.clone(),
+        );
+        r.register(
+            "peers_dropped",
+            "Peer connections dropped, by reason",
+            m.peers_dropped.clone(),
+        );
+        r.register(
+            "active_peers",
+            "Peer connections this agent downloads from",
+            m.active_peers.clone(),
+        );
+        r.register(
+            "datasets",
+            "Datasets assigned to this node",
+            m.datasets.clone(),
+        );
+        r.register(
+            "origin_errors",
+            "Failed origin reads, by reason",
+            m.origin_errors.clone(),
+        );
+        std::sync::Arc::new(m)
+    }
+
+    pub fn received(&self, source: &'static str, bytes: u64) {
+        self.bytes_received
+            .get_or_create(&SourceLabels { source })
+            .inc_by(bytes);
+    }
+}

@@ -1,0 +1,644 @@
+//! Plain HTTP(S) origins (one file, or a directory listed with nginx's JSON
+//! autoindex), and the HTTP plumbing the Hugging Face backend shares:
+//! redirects that keep `Range` but drop credentials off-host, status
+//! mapping, and ranged answers checked before any byte is returned.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, Response, StatusCode};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use swarmseed_proto::pb::{FileEntry, Origin};
+use url::Url;
+
+use super::transfer::{Budget, check_etag};
+use super::uri::percent_decode;
+use super::{OriginError, OriginOptions, PathFilter, Secret, credential, redact_queries};
+
+/// Redirect hops followed before giving up.
+const MAX_REDIRECTS: usize = 10;
+/// Bounds on a directory walk, against servers that loop or explode.
+const MAX_DEPTH: usize = 64;
+const MAX_ENTRIES: usize = 1_000_000;
+
+/// The reqwest client every HTTP-speaking backend uses: redirects are
+/// followed by hand (see [`send`]), so that credentials never leave the
+/// origin's host and the Hub's first answer can be checked.
+pub(crate) fn build_client(options: &OriginOptions) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(options.connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("swarmseed-agent/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Where a request goes and with which token.
+pub(crate) struct Target<'a> {
+    pub(crate) client: &'a reqwest::Client,
+    pub(crate) token: Option<&'a str>,
+    /// The bearer token goes only to URLs with this scheme, host and port.
+    pub(crate) trusted: &'a url::Origin,
+}
+
+/// Sends a request, following redirects. Headers other than the token
+/// (`Range`, `If-Match`) go to every hop. `inspect` sees the first answer
+/// (the origin's own, before any redirect) and may refuse it before
+/// anything else is fetched.
+pub(crate) async fn send(
+    target: &Target<'_>,
+    method: Method,
+    url: Url,
+    headers: &HeaderMap,
+    path: &str,
+    inspect: impl Fn(StatusCode, &HeaderMap) -> Result<(), OriginError>,
+) -> Result<Response, OriginError> {
+    let mut url = url;
+    let mut first = true;
+    for _ in 0..=MAX_REDIRECTS {
+        let mut request = target
+            .client
+            .request(method.clone(), url.clone())
+            .headers(headers.clone());
+        if let Some(token) = target.token
+            && url.origin() == *target.trusted
+        {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error(path, &e))?;
+        let status = response.status();
+        if std::mem::take(&mut first) {
+            inspect(status, response.headers())?;
+        }
+        if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+            let location = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| {
+                    OriginError::protocol(path, format!("{status} without a Location"))
+                })?;
+            let next = url.join(location).map_err(|e| {
+                OriginError::protocol(path, format!("bad redirect {location:?}: {e}"))
+            })?;
+            if !matches!(next.scheme(), "http" | "https") {
+                return Err(OriginError::protocol(
+                    path,
+                    format!("redirect to {next} refused"),
+                ));
+            }
+            tracing::debug!(from = %url.origin().ascii_serialization(), to = %next.origin().ascii_serialization(), "origin redirect");
+            url = next;
+            continue;
+        }
+        return Ok(response);
+    }
+    Err(OriginError::protocol(
+        path,
+        format!("more than {MAX_REDIRECTS} redirects"),
+    ))
+}
+
+/// A network-level failure, with its causes (reqwest's top message alone
+/// rarely says what happened).
+pub(crate) fn transport_error(path: &str, error: &reqwest::Error) -> OriginError {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    OriginError::unavailable(path, redact_queries(&message))
+}
+
+/// Bound on a JSON document (a listing page) held in memory.
+const MAX_JSON_BYTES: usize = 256 << 20;
+
+/// GET of a JSON document (a directory listing, a Hub API answer),
+/// retried and timed; returns it with the answer's headers. `unexpected`
+/// says what a body that does not parse is not.
+pub(crate) async fn get_json<T: DeserializeOwned>(
+    budget: &Budget,
+    target: &Target<'_>,
+    url: &Url,
+    what: &str,
+    unexpected: &str,
+) -> Result<(T, HeaderMap), OriginError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    budget
+        .retry(what, || async {
+            budget
+                .timed(what, async {
+                    let mut response =
+                        send(target, Method::GET, url.clone(), &headers, what, |_, _| {
+                            Ok(())
+                        })
+                        .await?;
+                    if !response.status().is_success() {
+                        return Err(status_error(what, response.status(), false));
+                    }
+                    let mut body = Vec::new();
+                    while let Some(chunk) = response
+                        .chunk()
+                        .await
+                        .map_err(|e| transport_error(what, &e))?
+                    {
+                        body.extend_from_slice(&chunk);
+                        if body.len() > MAX_JSON_BYTES {
+                            return Err(OriginError::protocol(
+                                what,
+                                format!("{unexpected}: more than {MAX_JSON_BYTES} bytes"),
+                            ));
+                        }
+                    }
+                    let value = serde_json::from_slice(&body)
+                        .map_err(|e| OriginError::protocol(what, format!("{unexpected}: {e}")))?;
+                    Ok((value, response.headers().clone()))
+                })
+                .await
+        })
+        .await
+}
+
+/// Maps a non-success status. While reading a listed file, "gone" and
+/// "range not satisfiable" mean the object changed.
+pub(crate) fn status_error(path: &str, status: StatusCode, reading: bool) -> OriginError {
+    match status.as_u16() {
+        401 | 403 => OriginError::denied(path, status.to_string()),
+        404 | 410 | 416 if reading => OriginError::changed(path),
+        404 | 410 => OriginError::NotFound {
+            path: path.to_owned(),
+        },
+        412 => OriginError::changed(path),
+        408 | 425 | 429 | 500..=599 => OriginError::unavailable(path, status.to_string()),
+        _ => OriginError::protocol(path, format!("unexpected status {status}")),
+    }
+}
+
+pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    header_str(headers, name).and_then(|v| v.parse().ok())
+}
+
+/// `bytes a-b/total` → (a, b inclusive, total if known).
+fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (span, total) = rest.split_once('/')?;
+    let (a, b) = span.split_once('-')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?, total))
+}
+
+/// Headers of a ranged GET.
+pub(crate) fn range_headers(range: &Range<u64>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&format!("bytes={}-{}", range.start, range.end - 1)) {
+        headers.insert(header::RANGE, value);
+    }
+    // Byte ranges of an encoded body are not byte ranges of the file.
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    headers
+}
+
+/// Turns the answer to a ranged GET into exactly the range's bytes. A 206
+/// must carry the requested Content-Range of an object of the listed size;
+/// a 200 (Range ignored) is read up to the range's end only.
+pub(crate) async fn read_ranged(
+    budget: &Budget,
+    path: &str,
+    response: Response,
+    file_size: u64,
+    range: &Range<u64>,
+) -> Result<Bytes, OriginError> {
+    let status = response.status();
+    let len = range.end - range.start;
+    let skip = match status {
+        StatusCode::PARTIAL_CONTENT => {
+            let value = header_str(response.headers(), "content-range")
+                .ok_or_else(|| OriginError::protocol(path, "206 without Content-Range"))?;
+            let (a, b, total) = parse_content_range(value).ok_or_else(|| {
+                OriginError::protocol(path, format!("bad Content-Range {value:?}"))
+            })?;
+            if total.is_some_and(|t| t != file_size) {
+                return Err(OriginError::changed(path));
+            }
+            if a != range.start || b + 1 != range.end {
+                return Err(OriginError::protocol(
+                    path,
+                    format!(
+                        "asked for bytes {}-{}, got {value:?}",
+                        range.start,
+                        range.end - 1
+                    ),
+                ));
+            }
+            None
+        }
+        StatusCode::OK => {
+            if header_u64(response.headers(), "content-length").is_some_and(|n| n != file_size) {
+                return Err(OriginError::changed(path));
+            }
+            Some(range.start)
+        }
+        other if other.is_success() => {
+            return Err(OriginError::protocol(
+                path,
+                format!("unexpected status {other}"),
+            ));
+        }
+        other => return Err(status_error(path, other, true)),
+    };
+    let body = response
+        .bytes_stream()
+        .map_err(|e| transport_error(path, &e));
+    let body = Box::pin(body);
+    match skip {
+        None => budget.read_body(path, body, 0, len, true, |e| e).await,
+        Some(skip) => budget.read_body(path, body, skip, len, false, |e| e).await,
+    }
+}
+
+/// One entry of nginx's `autoindex_format json`.
+#[derive(Debug, Deserialize)]
+struct AutoIndexEntry {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+#[derive(Debug)]
+pub(crate) struct HttpOrigin {
+    client: reqwest::Client,
+    base: Url,
+    directory: bool,
+    /// Name of the one file of a non-directory URI.
+    name: String,
+    token: Option<Secret>,
+    trusted: url::Origin,
+}
+
+impl HttpOrigin {
+    pub(crate) fn new(
+        origin: &Origin,
+        options: &OriginOptions,
+        base: Url,
+        directory: bool,
+    ) -> Result<Self, OriginError> {
+        let invalid = |reason: String| OriginError::invalid_uri(&origin.uri, reason);
+        let name = if directory {
+            String::new()
+        } else {
+            let last = base
+                .path_segments()
+                .and_then(|mut s| s.next_back())
+                .unwrap_or_default();
+            percent_decode(last)
+                .ok_or_else(|| invalid("the file name is not valid UTF-8".into()))?
+        };
+        if !directory {
+            swarmseed_proto::path::validate_path(&name).map_err(|e| invalid(e.to_string()))?;
+        }
+        let client = build_client(options).map_err(|e| invalid(e.to_string()))?;
+        Ok(Self {
+            client,
+            trusted: base.origin(),
+            base,
+            directory,
+            name,
+            token: credential(origin, "HTTP_BEARER_TOKEN").map(Secret::new),
+        })
+    }
+
+    fn target(&self) -> Target<'_> {
+        Target {
+            client: &self.client,
+            token: self.token.as_ref().map(Secret::expose),
+            trusted: &self.trusted,
+        }
+    }
+
+    fn file_url(&self, path: &str) -> Result<Url, OriginError> {
+        if !self.directory {
+            if path != self.name {
+                return Err(OriginError::protocol(
+                    path,
+                    format!("this origin holds only {:?}", self.name),
+                ));
+            }
+            return Ok(self.base.clone());
+        }
+        let mut url = self.base.clone();
+        {
+            let mut segments = url
+                .path_segments_mut()
+                .map_err(|()| OriginError::protocol(path, "URL cannot have a path"))?;
+            segments.pop_if_empty();
+            for segment in path.split('/') {
+                segments.push(segment);
+            }
+        }
+        Ok(url)
+    }
+
+    async fn get(
+        &self,
+        budget: &Budget,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        path: &str,
+    ) -> Result<Response, OriginError> {
+        budget
+            .timed(
+                path,
+                send(&self.target(), method, url, &headers, path, |_, _| Ok(())),
+            )
+            .await
+    }
+
+    /// Size and pin of one file, from a HEAD.
+    async fn head(
+        &self,
+        budget: &Budget,
+        path: String,
+        url: Url,
+        listed_size: Option<u64>,
+    ) -> Result<FileEntry, OriginError> {
+        budget
+            .retry(&path, || async {
+                let mut response = self
+                    .get(budget, Method::HEAD, url.clone(), HeaderMap::new(), &path)
+                    .await?;
+                let mut size = None;
+                if matches!(response.status().as_u16(), 403 | 405 | 501) {
+                    // No HEAD here (or a URL presigned for GET only): ask
+                    // for the first byte instead and read the size from
+                    // Content-Range.
+                    let mut probe = HeaderMap::new();
+                    probe.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
+                    probe.insert(
+                        header::ACCEPT_ENCODING,
+                        HeaderValue::from_static("identity"),
+                    );
+                    response = self
+                        .get(budget, Method::GET, url.clone(), probe, &path)
+                        .await?;
+                    let total = header_str(response.headers(), "content-range")
+                        .and_then(|v| v.rsplit_once('/'))
+                        .and_then(|(_, total)| total.trim().parse::<u64>().ok());
+                    match response.status() {
+                        StatusCode::PARTIAL_CONTENT => size = total,
+                        // An empty file has no first byte.
+                        StatusCode::RANGE_NOT_SATISFIABLE if total == Some(0) => size = Some(0),
+                        _ => {}
+                    }
+                }
+                let status = response.status();
+                if !status.is_success() && size.is_none() {
+                    return Err(status_error(&path, status, false));
+                }
+                let headers = response.headers();
+                let size = size
+                    .or_else(|| header_u64(headers, "content-length"))
+                    .or(listed_size)
+                    .ok_or_else(|| OriginError::protocol(&path, "no Content-Length"))?;
+                let etag = header_str(headers, "etag").unwrap_or_default().to_owned();
+                let last_modified = header_str(headers, "last-modified").unwrap_or_default();
+                // A weak ETag cannot be used with If-Match (RFC 9110 13.1.1):
+                // pin such files by modification time instead.
+                let version = if etag.is_empty() || etag.starts_with("W/") {
+                    last_modified.to_owned()
+                } else {
+                    String::new()
+                };
+                // (An empty file is never read: nothing to pin.)
+                if etag.is_empty() && version.is_empty() && size > 0 {
+                    return Err(OriginError::protocol(
+                        &path,
+                        "neither ETag nor Last-Modified: reads could not be pinned",
+                    ));
+                }
+                Ok(FileEntry {
+                    path: path.clone(),
+                    size,
+                    mode: 0,
+                    etag,
+                    version,
+                })
+            })
+            .await
+    }
+
+    pub(crate) async fn list(
+        &self,
+        uri: &str,
+        budget: &Budget,
+        filter: &PathFilter,
+    ) -> Result<Vec<FileEntry>, OriginError> {
+        if !self.directory {
+            if !filter.accepts(&self.name) {
+                return Ok(Vec::new());
+            }
+            return Ok(vec![
+                self.head(budget, self.name.clone(), self.base.clone(), None)
+                    .await?,
+            ]);
+        }
+        let mut pending = vec![(self.base.clone(), String::new(), 0usize)];
+        let mut found: Vec<(String, Url, Option<u64>)> = Vec::new();
+        let mut seen = 0usize;
+        while let Some((dir_url, dir_path, depth)) = pending.pop() {
+            let entries = self
+                .list_directory(budget, uri, &dir_url, &dir_path)
+                .await?;
+            seen += entries.len();
+            if seen > MAX_ENTRIES {
+                return Err(OriginError::protocol(
+                    uri,
+                    format!("more than {MAX_ENTRIES} entries"),
+                ));
+            }
+            for entry in entries {
+                let name = entry.name.trim_end_matches('/');
+                if name.is_empty()
+                    || name == "."
+                    || name == ".."
+                    || name.contains(['/', '\\', '\0'])
+                {
+                    return Err(OriginError::protocol(
+                        uri,
+                        format!(
+                            "directory {dir_path:?} lists an unusable name {:?}",
+                            entry.name
+                        ),
+                    ));
+                }
+                let path = if dir_path.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{dir_path}/{name}")
+                };
+                let mut url = dir_url.clone();
+                if let Ok(mut segments) = url.path_segments_mut() {
+                    segments.pop_if_empty().push(name);
+                }
+                match entry.kind.as_str() {
+                    "directory" => {
+                        if depth + 1 > MAX_DEPTH {
+                            return Err(OriginError::protocol(
+                                uri,
+                                format!("{path:?} is nested too deep"),
+                            ));
+                        }
+                        if let Ok(mut segments) = url.path_segments_mut() {
+                            segments.push("");
+                        }
+                        pending.push((url, path, depth + 1));
+                    }
+                    "file" if filter.accepts(&path) => found.push((path, url, entry.size)),
+                    // Filtered out, or symlinks and devices ("other").
+                    _ => {}
+                }
+            }
+        }
+        let concurrency = budget.options.concurrency.max(1);
+        futures::stream::iter(found)
+            .map(|(path, url, size)| self.head(budget, path, url, size))
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await
+    }
+
+    async fn list_directory(
+        &self,
+        budget: &Budget,
+        uri: &str,
+        url: &Url,
+        dir_path: &str,
+    ) -> Result<Vec<AutoIndexEntry>, OriginError> {
+        let shown = if dir_path.is_empty() { uri } else { dir_path };
+        get_json(
+            budget,
+            &self.target(),
+            url,
+            shown,
+            "not an nginx JSON autoindex (autoindex_format json)",
+        )
+        .await
+        .map(|(entries, _)| entries)
+    }
+
+    pub(crate) async fn read_range(
+        &self,
+        budget: &Budget,
+        file: &FileEntry,
+        range: Range<u64>,
+    ) -> Result<Bytes, OriginError> {
+        let path = file.path.as_str();
+        let url = self.file_url(path)?;
+        let mut headers = range_headers(&range);
+        let strong_etag = !file.etag.is_empty() && !file.etag.starts_with("W/");
+        if strong_etag {
+            if let Ok(value) = HeaderValue::from_str(&file.etag) {
+                headers.insert(header::IF_MATCH, value);
+            }
+        } else if let Ok(value) = HeaderValue::from_str(&file.version) {
+            headers.insert(header::IF_UNMODIFIED_SINCE, value);
+        }
+        budget
+            .retry(path, || async {
+                let response = self
+                    .get(budget, Method::GET, url.clone(), headers.clone(), path)
+                    .await?;
+                // Servers that ignore preconditions still say what they send.
+                let answered = response.headers();
+                if response.status().is_success() {
+                    check_etag(path, header_str(answered, "etag"), &file.etag)?;
+                    if !strong_etag
+                        && !file.version.is_empty()
+                        && header_str(answered, "last-modified").is_some_and(|m| m != file.version)
+                    {
+                        return Err(OriginError::changed(path));
+                    }
+                }
+                read_ranged(budget, path, response, file.size, &range).await
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parsing() {
+        assert_eq!(
+            parse_content_range("bytes 0-9/100"),
+            Some((0, 9, Some(100)))
+        );
+        assert_eq!(parse_content_range("bytes 5-5/*"), Some((5, 5, None)));
+        assert_eq!(parse_content_range("items 0-9/100"), None);
+        assert_eq!(parse_content_range("bytes 0-x/100"), None);
+    }
+
+    #[test]
+    fn statuses_map_to_what_users_see() {
+        let label = |code: u16, reading| {
+            status_error("f", StatusCode::from_u16(code).unwrap(), reading).label()
+        };
+        assert_eq!(label(401, true), "denied");
+        assert_eq!(label(403, false), "denied");
+        assert_eq!(label(404, true), "changed");
+        assert_eq!(label(404, false), "not_found");
+        assert_eq!(label(412, true), "changed");
+        assert_eq!(label(416, true), "changed");
+        assert_eq!(label(429, true), "unavailable");
+        assert_eq!(label(503, false), "unavailable");
+        assert_eq!(label(400, true), "protocol");
+    }
+
+    #[test]
+    fn file_urls_are_percent_encoded() {
+        let origin = Origin {
+            uri: "http://h/data/".into(),
+            ..Default::default()
+        };
+        let base = Url::parse(&origin.uri).unwrap();
+        let h = HttpOrigin::new(&origin, &OriginOptions::default(), base, true).unwrap();
+        assert_eq!(
+            h.file_url("a b/c#d.bin").unwrap().as_str(),
+            "http://h/data/a%20b/c%23d.bin"
+        );
+        let single = Origin {
+            uri: "http://h/x/model%20v1.bin?sig=1".into(),
+            ..Default::default()
+        };
+        let base = Url::parse(&single.uri).unwrap();
+        let h = HttpOrigin::new(&single, &OriginOptions::default(), base, false).unwrap();
+        assert_eq!(h.name, "model v1.bin");
+        assert_eq!(h.file_url("model v1.bin").unwrap().as_str(), single.uri);
+        assert_eq!(h.file_url("other").unwrap_err().label(), "protocol");
+    }
+}

@@ -1,0 +1,264 @@
+//! What every backend shares: the request budget (concurrency, bandwidth),
+//! bounded retries with backoff, and reading a body into exactly the
+//! requested range under an idle timeout.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use rand::Rng;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::time::Instant;
+
+use super::{OriginError, OriginOptions};
+
+/// First and largest pause between two attempts.
+const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// A token bucket shared by all reads of one client. Reservations may drive
+/// the balance negative; the reader then sleeps until it is paid back, so
+/// concurrent readers share the rate fairly without a background task.
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    bytes_per_sec: f64,
+    burst: f64,
+    state: Mutex<Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(bytes_per_sec: u64) -> Self {
+        let rate = bytes_per_sec as f64;
+        // A quarter second of burst, at least 64 KiB so that one socket read
+        // does not always wait.
+        let burst = (rate / 4.0).max(64.0 * 1024.0);
+        Self {
+            bytes_per_sec: rate,
+            burst,
+            state: Mutex::new(Bucket {
+                tokens: burst,
+                refilled: Instant::now(),
+            }),
+        }
+    }
+
+    /// Takes `n` bytes from the bucket, waiting as long as the rate demands.
+    pub(crate) async fn acquire(&self, n: usize) {
+        let wait = {
+            let mut bucket = self.state.lock().await;
+            let now = Instant::now();
+            let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+            bucket.tokens = (bucket.tokens + elapsed * self.bytes_per_sec).min(self.burst);
+            bucket.refilled = now;
+            bucket.tokens -= n as f64;
+            if bucket.tokens >= 0.0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(-bucket.tokens / self.bytes_per_sec)
+            }
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Per-client state every request goes through.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    pub(crate) options: OriginOptions,
+    limiter: Option<RateLimiter>,
+    permits: Semaphore,
+}
+
+impl Budget {
+    pub(crate) fn new(options: OriginOptions) -> Self {
+        let limiter = (options.bandwidth_bytes_per_sec > 0)
+            .then(|| RateLimiter::new(options.bandwidth_bytes_per_sec));
+        let permits = Semaphore::new(options.concurrency.max(1));
+        Self {
+            options,
+            limiter,
+            permits,
+        }
+    }
+
+    /// Runs `op` (one request) under a concurrency permit, retrying
+    /// transient failures up to `max_retries` times with jittered backoff.
+    pub(crate) async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, OriginError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, OriginError>>,
+    {
+        let mut attempt: u32 = 0;
+        loop {
+            let result = {
+                let _permit =
+                    self.permits.acquire().await.map_err(|_| {
+                        OriginError::unavailable(what, "origin client is shut down")
+                    })?;
+                op().await
+            };
+            match result {
+                Err(error) if error.is_transient() && attempt < self.options.max_retries => {
+                    let pause = backoff(attempt);
+                    tracing::debug!(%error, attempt, ?pause, "origin request failed, retrying");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Awaits `fut` for at most the request timeout.
+    pub(crate) async fn timed<T>(
+        &self,
+        path: &str,
+        fut: impl Future<Output = Result<T, OriginError>>,
+    ) -> Result<T, OriginError> {
+        let limit = self.options.request_timeout;
+        match tokio::time::timeout(limit, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(OriginError::unavailable(
+                path,
+                format!("no answer within {limit:?}"),
+            )),
+        }
+    }
+
+    /// Reads a body: skips `skip` bytes, then returns exactly `len` bytes.
+    /// With `exact`, the body must hold exactly `skip + len` bytes (a 206
+    /// answer); otherwise the rest is dropped unread (a 200 answer to a
+    /// ranged request). Each wait for data is bounded by the request
+    /// timeout, so slow but moving transfers are fine and stalls are not.
+    pub(crate) async fn read_body<S, E>(
+        &self,
+        path: &str,
+        mut body: S,
+        skip: u64,
+        len: u64,
+        exact: bool,
+        map_err: impl Fn(E) -> OriginError,
+    ) -> Result<Bytes, OriginError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+    {
+        let capacity = usize::try_from(len)
+            .map_err(|_| OriginError::protocol(path, "range too large for this machine"))?;
+        let mut out = BytesMut::with_capacity(capacity);
+        let mut to_skip = skip;
+        loop {
+            let next = self.timed(path, async { Ok(body.next().await) }).await?;
+            let mut chunk = match next {
+                None => break,
+                Some(Err(e)) => return Err(map_err(e)),
+                Some(Ok(chunk)) => chunk,
+            };
+            if let Some(limiter) = &self.limiter {
+                limiter.acquire(chunk.len()).await;
+            }
+            if to_skip > 0 {
+                let n = to_skip.min(chunk.len() as u64);
+                chunk.advance(n as usize);
+                to_skip -= n;
+            }
+            let want = len - out.len() as u64;
+            if chunk.len() as u64 > want {
+                if exact {
+                    return Err(OriginError::protocol(
+                        path,
+                        format!("the origin sent more than the {len} bytes asked for"),
+                    ));
+                }
+                out.extend_from_slice(&chunk[..want as usize]);
+                break;
+            }
+            out.extend_from_slice(&chunk);
+            if !exact && out.len() as u64 == len {
+                break;
+            }
+        }
+        if (out.len() as u64) < len {
+            return Err(OriginError::protocol(
+                path,
+                format!("short read: {} of {len} bytes", out.len()),
+            ));
+        }
+        Ok(out.freeze())
+    }
+}
+
+/// Exponential backoff with equal jitter: half fixed, half random, capped.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let exp = BACKOFF_INITIAL.saturating_mul(1u32 << attempt.min(16));
+    let cap = exp.min(BACKOFF_MAX);
+    let half = cap / 2;
+    let jitter = rand::thread_rng().gen_range(0..=half.as_millis() as u64);
+    half + Duration::from_millis(jitter)
+}
+
+/// Refuses an answer whose ETag is not the listed one: the defence
+/// against stores and servers that ignore `If-Match`.
+pub(crate) fn check_etag(
+    path: &str,
+    answered: Option<&str>,
+    listed: &str,
+) -> Result<(), OriginError> {
+    match answered {
+        Some(etag) if !listed.is_empty() && normalize_etag(etag) != normalize_etag(listed) => {
+            Err(OriginError::changed(path))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Normalizes an ETag for comparison: no weak marker, no quotes.
+pub(crate) fn normalize_etag(etag: &str) -> &str {
+    etag.trim().trim_start_matches("W/").trim_matches('"')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 0..40 {
+            let pause = backoff(attempt);
+            let cap = BACKOFF_INITIAL
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(BACKOFF_MAX);
+            assert!(pause >= cap / 2 && pause <= cap, "{attempt}: {pause:?}");
+        }
+        assert!(backoff(0) <= Duration::from_millis(200));
+        assert!(backoff(30) >= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn etags_compare_without_quotes_or_weakness() {
+        assert_eq!(normalize_etag("\"abc\""), "abc");
+        assert_eq!(normalize_etag("W/\"abc\""), "abc");
+        assert_eq!(normalize_etag("abc"), "abc");
+    }
+
+    #[tokio::test]
+    async fn rate_limiter_paces_to_the_rate() {
+        let limiter = RateLimiter::new(4 * 1024 * 1024);
+        let start = Instant::now();
+        // 2 MiB in 64 KiB pieces at 4 MiB/s, after a 1 MiB burst: 0.25 s.
+        for _ in 0..32 {
+            limiter.acquire(64 * 1024).await;
+        }
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(230), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_millis(1000), "{elapsed:?}");
+    }
+}

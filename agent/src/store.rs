@@ -1,0 +1,924 @@
+//! The node store: everything the agent keeps on its node's disk.
+//!
+//! ```text
+//! <root>/
+//!   agent.key                             Ed25519 identity (0600)
+//!   state/<ns>/<name>/assignment.pb       the assignment in force
+//!   state/<ns>/<name>/<rev>.chunks        verified chunks of a revision (append-only log)
+//!   staging/<ns>/<name>/<rev>/...         files of a revision being filled
+//!   revisions/<ns>/<name>/<rev>/...       complete revisions, read-only
+//!   datasets/<ns>/<name> -> ../../revisions/<ns>/<name>/<rev>    what pods mount
+//! ```
+//!
+//! Publication is a `rename` of the staging tree into `revisions/` followed
+//! by an atomic symlink swap of `datasets/<ns>/<name>`: a reader sees the old
+//! revision or the new one, never a mix. Every file of a revision is opened
+//! relative to the revision's directory with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)`, so no listed path can reach outside it, even
+//! through a symlink planted on the disk.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::Mode;
+use prost::Message;
+use swarmseed_proto::layout::published_mode;
+use swarmseed_proto::pb;
+use swarmseed_proto::{ChunkDigest, ChunkLayout, RevisionId};
+use thiserror::Error;
+
+/// A dataset's identity on the node: its Kubernetes namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DatasetKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl DatasetKey {
+    /// Validates both parts as Kubernetes names (a namespace is a DNS-1123
+    /// label, a name a DNS-1123 subdomain), which also makes them safe as
+    /// directory names.
+    pub fn new(namespace: &str, name: &str) -> Result<Self, StoreError> {
+        let label_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !s.starts_with('-')
+                && !s.ends_with('-')
+        };
+        if !label_ok(namespace) {
+            return Err(StoreError::InvalidName(format!(
+                "namespace {namespace:?} is not a valid Kubernetes namespace"
+            )));
+        }
+        if name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(StoreError::InvalidName(format!(
+                "name {name:?} is not a valid Kubernetes object name"
+            )));
+        }
+        Ok(Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    pub fn from_ref(r: Option<&pb::DatasetRef>) -> Result<Self, StoreError> {
+        let r = r.ok_or_else(|| StoreError::InvalidName("dataset is missing".into()))?;
+        Self::new(&r.namespace, &r.name)
+    }
+
+    pub fn to_ref(&self) -> pb::DatasetRef {
+        pb::DatasetRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    fn rel(&self) -> PathBuf {
+        Path::new(&self.namespace).join(&self.name)
+    }
+}
+
+impl std::fmt::Display for DatasetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("listed path {path:?} would pass through a symlink or leave the dataset directory")]
+    UnsafePath { path: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("not enough disk space for {needed} bytes under {root} ({free} bytes free)")]
+    InsufficientStorage {
+        root: String,
+        needed: u64,
+        free: u64,
+    },
+    #[error("{path} exists and is not managed by swarmseed; refusing to replace it")]
+    Occupied { path: String },
+}
+
+impl StoreError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::InvalidName(_) => "invalid_name",
+            Self::UnsafePath { .. } => "unsafe_path",
+            Self::Io { .. } => "io",
+            Self::InsufficientStorage { .. } => "insufficient_storage",
+            Self::Occupied { .. } => "occupied",
+        }
+    }
+
+    /// The condition reason the operator shows for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidName(_) => "InvalidAssignment",
+            Self::UnsafePath { .. } => "UnsafePath",
+            Self::Io { .. } => "StorageError",
+            Self::InsufficientStorage { .. } => "InsufficientStorage",
+            Self::Occupied { .. } => "PathOccupied",
+        }
+    }
+}
+
+fn io_err(path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.as_ref().display().to_string();
+    move |source| StoreError::Io { path, source }
+}
+
+/// One verified chunk as persisted: its digest and the attestation that
+/// lets peers accept it (see [`crate::attest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRecord {
+    pub index: u32,
+    pub digest: ChunkDigest,
+    pub signer: [u8; 32],
+    pub signature: [u8; 64],
+}
+
+impl ChunkRecord {
+    pub const LEN: usize = 4 + 32 + 32 + 64;
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.index.to_le_bytes());
+        out.extend_from_slice(&self.digest.0);
+        out.extend_from_slice(&self.signer);
+        out.extend_from_slice(&self.signature);
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < Self::LEN {
+            return None;
+        }
+        Some(Self {
+            index: u32::from_le_bytes(b[0..4].try_into().ok()?),
+            digest: ChunkDigest(b[4..36].try_into().ok()?),
+            signer: b[36..68].try_into().ok()?,
+            signature: b[68..132].try_into().ok()?,
+        })
+    }
+}
+
+/// The node store under one root directory.
+pub struct NodeStore {
+    root: PathBuf,
+}
+
+impl NodeStore {
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        for sub in ["state", "staging", "revisions", "datasets"] {
+            let p = root.join(sub);
+            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory pods mount: `<root>/datasets/<ns>/<name>`.
+    pub fn dataset_path(&self, key: &DatasetKey) -> PathBuf {
+        self.root.join("datasets").join(key.rel())
+    }
+
+    fn state_dir(&self, key: &DatasetKey) -> PathBuf {
+        self.root.join("state").join(key.rel())
+    }
+
+    fn staging_dir(&self, key: &DatasetKey, rev: &RevisionId) -> PathBuf {
+        self.root.join("staging").join(key.rel()).join(rev.short())
+    }
+
+    fn revision_dir(&self, key: &DatasetKey, rev: &RevisionId) -> PathBuf {
+        self.root
+            .join("revisions")
+            .join(key.rel())
+            .join(rev.short())
+    }
+
+    /// Persists the assignment in force (write, fsync, rename).
+    pub fn save_assignment(&self, key: &DatasetKey, a: &pb::Assignment) -> Result<(), StoreError> {
+        let dir = self.state_dir(key);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        write_atomically(&dir.join("assignment.pb"), &a.encode_to_vec())
+    }
+
+    /// Every persisted assignment, for recovery after a restart. Unreadable
+    /// ones are reported and skipped, never fatal.
+    pub fn load_assignments(&self) -> Vec<Result<pb::Assignment, StoreError>> {
+        let mut out = Vec::new();
+        let state = self.root.join("state");
+        let Ok(namespaces) = std::fs::read_dir(&state) else {
+            return out;
+        };
+        for ns in namespaces.flatten() {
+            let Ok(names) = std::fs::read_dir(ns.path()) else {
+                continue;
+            };
+            for name in names.flatten() {
+                let p = name.path().join("assignment.pb");
+                match std::fs::read(&p) {
+                    Ok(bytes) => out.push(pb::Assignment::decode(bytes.as_slice()).map_err(|e| {
+                        StoreError::Io {
+                            path: p.display().to_string(),
+                            source: io::Error::other(e),
+                        }
+                    })),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => out.push(Err(io_err(&p)(e))),
+                }
+            }
+        }
+        out
+    }
+
+    /// The revision currently published at the dataset path, if any.
+    pub fn published_revision(&self, key: &DatasetKey) -> Option<String> {
+        let target = std::fs::read_link(self.dataset_path(key)).ok()?;
+        Some(target.file_name()?.to_string_lossy().into_owned())
+    }
+
+    /// Opens (creating as needed) the on-disk files of one revision: the
+    /// published tree if it is complete, else its staging tree. Files that
+    /// are unchanged from `previous` (same path, size, mode, ETag, version)
+    /// are hard-linked from it instead of being transferred again.
+    pub fn open_revision(
+        &self,
+        key: &DatasetKey,
+        layout: Arc<ChunkLayout>,
+        previous: Option<&RevisionFiles>,
+    ) -> Result<RevisionFiles, StoreError> {
+        let rev = layout.revision();
+        let state_dir = self.state_dir(key);
+        std::fs::create_dir_all(&state_dir).map_err(io_err(&state_dir))?;
+        let log_path = state_dir.join(format!("{}.chunks", rev.short()));
+
+        let published_dir = self.revision_dir(key, &rev);
+        let (dir, published) = if published_dir.is_dir() {
+            (published_dir, true)
+        } else {
+            let staging = self.staging_dir(key, &rev);
+            std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
+            (staging, false)
+        };
+        let dir_fd = open_dir_nofollow(&dir)?;
+        let files = RevisionFiles {
+            key: key.clone(),
+            layout: layout.clone(),
+            dir_fd,
+            log_path,
+            published: Mutex::new(published),
+            handles: Mutex::new(HandleCache::default()),
+            linked: Mutex::new(vec![published; layout.files().len()]),
+        };
+        if !published {
+            self.check_space(&layout, previous)?;
+            files.create_files(previous)?;
+        }
+        Ok(files)
+    }
+
+    fn check_space(
+        &self,
+        layout: &ChunkLayout,
+        previous: Option<&RevisionFiles>,
+    ) -> Result<(), StoreError> {
+        let needed: u64 = layout
+            .files()
+            .iter()
+            .filter(|f| previous.is_none_or(|p| p.find_unchanged(f).is_none()))
+            .map(|f| f.size)
+            .sum();
+        let stat = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| io_err(&self.root)(io::Error::from(e)))?;
+        let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+        if needed > free {
+            return Err(StoreError::InsufficientStorage {
+                root: self.root.display().to_string(),
+                needed,
+                free,
+            });
+        }
+        Ok(())
+    }
+
+    /// Publishes a complete revision: makes it durable and read-only, moves
+    /// it into `revisions/`, swaps the dataset symlink to it, and removes
+    /// revisions older than the one it replaces. Returns how long the flush
+    /// to disk took.
+    pub fn publish(&self, files: &RevisionFiles) -> Result<Duration, StoreError> {
+        let key = &files.key;
+        let rev = files.layout.revision();
+        let flush_started = Instant::now();
+        files.seal()?;
+        let flush = flush_started.elapsed();
+
+        let target = self.revision_dir(key, &rev);
+        if !*lock(&files.published) {
+            let parent = target.parent().map(Path::to_path_buf).unwrap_or_default();
+            std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+            let staging = self.staging_dir(key, &rev);
+            std::fs::rename(&staging, &target).map_err(io_err(&target))?;
+            fsync_dir(&parent)?;
+            *lock(&files.published) = true;
+        }
+
+        let link = self.dataset_path(key);
+        let link_parent = link.parent().map(Path::to_path_buf).unwrap_or_default();
+        std::fs::create_dir_all(&link_parent).map_err(io_err(&link_parent))?;
+        match std::fs::symlink_metadata(&link) {
+            Ok(m) if !m.file_type().is_symlink() => {
+                return Err(StoreError::Occupied {
+                    path: link.display().to_string(),
+                });
+            }
+            _ => {}
+        }
+        let previous = self.published_revision(key);
+        let relative = Path::new("../../revisions")
+            .join(key.rel())
+            .join(rev.short());
+        let tmp = link_parent.join(format!(".{}.swap", key.name));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&relative, &tmp).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &link).map_err(io_err(&link))?;
+        fsync_dir(&link_parent)?;
+
+        // Keep the revision just replaced (pods that mounted it keep a
+        // consistent view); drop anything older.
+        let keep = [Some(rev.short()), previous];
+        self.prune_revisions(key, &keep)?;
+        Ok(flush)
+    }
+
+    fn prune_revisions(&self, key: &DatasetKey, keep: &[Option<String>]) -> Result<(), StoreError> {
+        let dir = self.root.join("revisions").join(key.rel());
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if keep.iter().flatten().any(|k| *k == name) {
+                continue;
+            }
+            remove_tree(&e.path())?;
+            let log = self.state_dir(key).join(format!("{name}.chunks"));
+            let _ = std::fs::remove_file(log);
+        }
+        let staging = self.root.join("staging").join(key.rel());
+        if let Ok(entries) = std::fs::read_dir(&staging) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !keep.iter().flatten().any(|k| *k == name) {
+                    remove_tree(&e.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes everything of a dataset from the node. Returns whether there
+    /// was anything.
+    pub fn remove(&self, key: &DatasetKey) -> Result<bool, StoreError> {
+        let mut existed = false;
+        let link = self.dataset_path(key);
+        match std::fs::symlink_metadata(&link) {
+            Ok(m) if m.file_type().is_symlink() => {
+                std::fs::remove_file(&link).map_err(io_err(&link))?;
+                existed = true;
+            }
+            Ok(_) => {
+                return Err(StoreError::Occupied {
+                    path: link.display().to_string(),
+                });
+            }
+            Err(_) => {}
+        }
+        for top in ["revisions", "staging", "state"] {
+            let p = self.root.join(top).join(key.rel());
+            if p.exists() {
+                existed = true;
+                remove_tree(&p)?;
+            }
+        }
+        Ok(existed)
+    }
+
+    pub fn disk_usage(&self) -> pb::DiskUsage {
+        let store_bytes = tree_bytes(&self.root);
+        let (free, total) = nix::sys::statvfs::statvfs(&self.root)
+            .map(|s| {
+                let f = s.fragment_size();
+                (s.blocks_available() * f, s.blocks() * f)
+            })
+            .unwrap_or((0, 0));
+        pb::DiskUsage {
+            store_bytes,
+            filesystem_free_bytes: free,
+            filesystem_total_bytes: total,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Open file handles of a revision, bounded: datasets may have millions of
+/// small files.
+#[derive(Default)]
+struct HandleCache {
+    map: HashMap<u32, Arc<File>>,
+    order: VecDeque<u32>,
+}
+
+const MAX_OPEN_FILES: usize = 256;
+
+/// The files of one revision on disk.
+pub struct RevisionFiles {
+    key: DatasetKey,
+    layout: Arc<ChunkLayout>,
+    dir_fd: OwnedFd,
+    log_path: PathBuf,
+    published: Mutex<bool>,
+    handles: Mutex<HandleCache>,
+    /// Files already complete on disk (hard-linked from the previous
+    /// revision, or the whole revision once published): never written.
+    linked: Mutex<Vec<bool>>,
+}
+
+impl RevisionFiles {
+    pub fn layout(&self) -> &Arc<ChunkLayout> {
+        &self.layout
+    }
+
+    pub fn is_published(&self) -> bool {
+        *lock(&self.published)
+    }
+
+    /// Whether every segment of chunk `index` lies in files already
+    /// complete on disk (so the chunk needs no transfer).
+    pub fn chunk_is_local(&self, index: u32) -> bool {
+        let linked = lock(&self.linked);
+        self.layout
+            .segments(index)
+            .iter()
+            .all(|s| linked[s.file as usize])
+    }
+
+    fn find_unchanged(&self, f: &pb::FileEntry) -> Option<u32> {
+        let files = self.layout.files();
+        let i = files
+            .binary_search_by(|x| x.path.as_str().cmp(&f.path))
+            .ok()?;
+        let old = &files[i];
+        let same = old.size == f.size
+            && old.mode == f.mode
+            && old.etag == f.etag
+            && old.version == f.version
+            && !f.etag.is_empty();
+        (same && lock(&self.linked)[i]).then_some(i as u32)
+    }
+
+    fn create_files(&self, previous: Option<&RevisionFiles>) -> Result<(), StoreError> {
+        let mut linked = lock(&self.linked);
+        for (i, f) in self.layout.files().iter().enumerate() {
+            self.ensure_parent_dirs(&f.path)?;
+            if let Some(prev) = previous.filter(|p| p.find_unchanged(f).is_some()) {
+                match nix::unistd::linkat(
+                    prev.dir_fd.as_fd(),
+                    f.path.as_str(),
+                    self.dir_fd.as_fd(),
+                    f.path.as_str(),
+                    nix::fcntl::AtFlags::empty(),
+                ) {
+                    Ok(()) | Err(Errno::EEXIST) => {
+                        linked[i] = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(path = %f.path, error = %e, "hard link failed; transferring");
+                    }
+                }
+            }
+            let file = self.open_file(&f.path, true)?;
+            let len = file.metadata().map_err(io_err(&f.path))?.len();
+            if len != f.size {
+                file.set_len(f.size).map_err(io_err(&f.path))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_parent_dirs(&self, path: &str) -> Result<(), StoreError> {
+        let Some((parents, _)) = path.rsplit_once('/') else {
+            return Ok(());
+        };
+        let mut prefix = String::new();
+        for seg in parents.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(seg);
+            match nix::sys::stat::mkdirat(
+                self.dir_fd.as_fd(),
+                prefix.as_str(),
+                Mode::from_bits_truncate(0o755),
+            ) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(self.open_error(path, e)),
+            }
+            // Refuse a component that is not a real directory (a symlink
+            // planted in its place).
+            let how = OpenHow::new()
+                .flags(OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+            openat2(self.dir_fd.as_fd(), prefix.as_str(), how)
+                .map_err(|e| self.open_error(path, e))?;
+        }
+        Ok(())
+    }
+
+    fn open_error(&self, path: &str, e: Errno) -> StoreError {
+        match e {
+            Errno::ELOOP | Errno::EXDEV | Errno::ENOTDIR => StoreError::UnsafePath {
+                path: path.to_owned(),
+            },
+            other => StoreError::Io {
+                path: path.to_owned(),
+                source: io::Error::from(other),
+            },
+        }
+    }
+
+    fn open_file(&self, path: &str, create: bool) -> Result<File, StoreError> {
+        let mut flags = OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+        flags |= if *lock(&self.published) {
+            OFlag::O_RDONLY
+        } else {
+            OFlag::O_RDWR
+        };
+        if create {
+            flags |= OFlag::O_CREAT;
+        }
+        // openat2 refuses a mode without O_CREAT.
+        let mut how = OpenHow::new()
+            .flags(flags)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        if create {
+            how = how.mode(Mode::from_bits_truncate(0o644));
+        }
+        let fd = openat2(self.dir_fd.as_fd(), path, how).map_err(|e| self.open_error(path, e))?;
+        Ok(File::from(fd))
+    }
+
+    /// An open handle on file `index` of the layout (cached).
+    pub fn file(&self, index: u32) -> Result<Arc<File>, StoreError> {
+        if let Some(f) = lock(&self.handles).map.get(&index) {
+            return Ok(f.clone());
+        }
+        let path = &self.layout.files()[index as usize].path;
+        let file = Arc::new(self.open_file(path, false)?);
+        let mut cache = lock(&self.handles);
+        if cache.map.len() >= MAX_OPEN_FILES
+            && let Some(old) = cache.order.pop_front()
+        {
+            cache.map.remove(&old);
+        }
+        cache.map.insert(index, file.clone());
+        cache.order.push_back(index);
+        Ok(file)
+    }
+
+    /// Writes a verified chunk into its files (segments of files that are
+    /// already complete are skipped).
+    pub fn write_chunk(&self, index: u32, data: &[u8]) -> Result<(), StoreError> {
+        let mut at = 0usize;
+        for s in self.layout.segments(index) {
+            let len = s.len as usize;
+            let skip = lock(&self.linked)[s.file as usize];
+            if !skip {
+                let f = self.file(s.file)?;
+                f.write_all_at(&data[at..at + len], s.file_offset)
+                    .map_err(io_err(&self.layout.files()[s.file as usize].path))?;
+            }
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// Reads chunk `index` into `buf` (which must be the chunk's length).
+    pub fn read_chunk(&self, index: u32, buf: &mut [u8]) -> Result<(), StoreError> {
+        let mut at = 0usize;
+        for s in self.layout.segments(index) {
+            let len = s.len as usize;
+            let f = self.file(s.file)?;
+            f.read_exact_at(&mut buf[at..at + len], s.file_offset)
+                .map_err(io_err(&self.layout.files()[s.file as usize].path))?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// Appends verified chunks to the revision's log. Not fsynced per
+    /// chunk: after a crash the log is re-verified against the data.
+    pub fn record_verified(&self, records: &[ChunkRecord]) -> Result<(), StoreError> {
+        let mut buf = Vec::with_capacity(records.len() * ChunkRecord::LEN);
+        for r in records {
+            r.encode(&mut buf);
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .map_err(io_err(&self.log_path))?;
+        f.write_all(&buf).map_err(io_err(&self.log_path))
+    }
+
+    /// The chunk log as written (possibly with a torn last record).
+    pub fn load_records(&self) -> Vec<ChunkRecord> {
+        let mut bytes = Vec::new();
+        if let Ok(mut f) = File::open(&self.log_path) {
+            let _ = f.read_to_end(&mut bytes);
+        }
+        bytes
+            .chunks_exact(ChunkRecord::LEN)
+            .filter_map(ChunkRecord::decode)
+            .collect()
+    }
+
+    /// Flushes every file to disk and makes files and directories
+    /// read-only.
+    fn seal(&self) -> Result<(), StoreError> {
+        if *lock(&self.published) {
+            return Ok(());
+        }
+        let files = self.layout.files();
+        for (i, f) in files.iter().enumerate() {
+            let handle = self.file(i as u32)?;
+            handle.sync_all().map_err(io_err(&f.path))?;
+            handle
+                .set_permissions(std::fs::Permissions::from_mode(published_mode(f.mode)))
+                .map_err(io_err(&f.path))?;
+        }
+        lock(&self.handles).map.clear();
+        lock(&self.handles).order.clear();
+        // Directories: fsync (entries are durable) and read-only, deepest
+        // first.
+        let mut dirs: Vec<&str> = files
+            .iter()
+            .filter_map(|f| f.path.rsplit_once('/').map(|(d, _)| d))
+            .collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        let mut all_dirs = std::collections::BTreeSet::new();
+        for d in dirs {
+            let mut p = d;
+            loop {
+                all_dirs.insert(p);
+                match p.rsplit_once('/') {
+                    Some((parent, _)) => p = parent,
+                    None => break,
+                }
+            }
+        }
+        for d in all_dirs.iter().rev() {
+            let how = OpenHow::new()
+                .flags(OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+            let fd = openat2(self.dir_fd.as_fd(), *d, how).map_err(|e| self.open_error(d, e))?;
+            let dir = File::from(fd);
+            dir.sync_all().map_err(io_err(d))?;
+            dir.set_permissions(std::fs::Permissions::from_mode(0o555))
+                .map_err(io_err(d))?;
+        }
+        let top = self
+            .dir_fd
+            .try_clone()
+            .map_err(io_err("revision directory"))?;
+        let top = File::from(top);
+        top.sync_all().map_err(io_err("revision directory"))?;
+        top.set_permissions(std::fs::Permissions::from_mode(0o555))
+            .map_err(io_err("revision directory"))?;
+        lock(&self.linked).iter_mut().for_each(|l| *l = true);
+        Ok(())
+    }
+}
+
+fn open_dir_nofollow(dir: &Path) -> Result<OwnedFd, StoreError> {
+    let how = OpenHow::new().flags(OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW);
+    openat2(nix::fcntl::AT_FDCWD, dir, how).map_err(|e| match e {
+        Errno::ELOOP | Errno::ENOTDIR => StoreError::Occupied {
+            path: dir.display().to_string(),
+        },
+        other => io_err(dir)(io::Error::from(other)),
+    })
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    if let Some(parent) = path.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Removes a tree that may contain read-only directories, never following
+/// symlinks.
+fn remove_tree(path: &Path) -> Result<(), StoreError> {
+    fn make_writable(p: &Path) {
+        let Ok(meta) = std::fs::symlink_metadata(p) else {
+            return;
+        };
+        if !meta.is_dir() {
+            return;
+        }
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+        if let Ok(entries) = std::fs::read_dir(p) {
+            for e in entries.flatten() {
+                make_writable(&e.path());
+            }
+        }
+    }
+    make_writable(path);
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+fn tree_bytes(p: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(p)
+            .map(|it| it.flatten().map(|e| tree_bytes(&e.path())).sum())
+            .unwrap_or(0)
+    } else if meta.is_file() {
+        // Allocated bytes: sparse staging files count for what they hold;
+        // hard links are counted once per link (an over-estimate).
+        meta.blocks() * 512
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, size: u64, etag: &str) -> pb::FileEntry {
+        pb::FileEntry {
+            path: path.into(),
+            size,
+            etag: etag.into(),
+            ..Default::default()
+        }
+    }
+
+    fn layout(files: Vec<pb::FileEntry>) -> Arc<ChunkLayout> {
+        Arc::new(ChunkLayout::new(files, 64 * 1024).unwrap())
+    }
+
+    fn fill(files: &RevisionFiles, seed: u8) {
+        let l = files.layout().clone();
+        for i in 0..l.chunk_count() {
+            let data = vec![seed.wrapping_add(i as u8); l.chunk_len(i) as usize];
+            files.write_chunk(i, &data).unwrap();
+        }
+    }
+
+    #[test]
+    fn publish_swaps_the_symlink_and_makes_files_read_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(tmp.path()).unwrap();
+        let key = DatasetKey::new("ml", "llama").unwrap();
+        let l = layout(vec![entry("a/b.bin", 200_000, "1"), entry("c", 10, "1")]);
+        let rev = store.open_revision(&key, l.clone(), None).unwrap();
+        fill(&rev, 1);
+        store.publish(&rev).unwrap();
+        let path = store.dataset_path(&key);
+        assert_eq!(std::fs::read(path.join("c")).unwrap().len(), 10);
+        let mode = std::fs::metadata(path.join("a/b.bin"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o444);
+        assert_eq!(store.published_revision(&key), Some(l.revision().short()));
+
+        // A new revision with one file changed: the unchanged one is linked.
+        let l2 = layout(vec![entry("a/b.bin", 200_000, "1"), entry("c", 12, "2")]);
+        let rev2 = store.open_revision(&key, l2.clone(), Some(&rev)).unwrap();
+        let big_chunks: Vec<u32> = (0..l2.chunk_count())
+            .filter(|&i| rev2.chunk_is_local(i))
+            .collect();
+        assert_eq!(
+            big_chunks.len(),
+            4,
+            "the 200 kB file's four chunks are local"
+        );
+        for i in 0..l2.chunk_count() {
+            if !rev2.chunk_is_local(i) {
+                rev2.write_chunk(i, &vec![9; l2.chunk_len(i) as usize])
+                    .unwrap();
+            }
+        }
+        store.publish(&rev2).unwrap();
+        assert_eq!(std::fs::read(path.join("c")).unwrap(), vec![9; 12]);
+        assert_eq!(std::fs::read(path.join("a/b.bin")).unwrap()[0], 1);
+
+        assert!(store.remove(&key).unwrap());
+        assert!(!path.exists());
+        assert!(!store.remove(&key).unwrap());
+    }
+
+    #[test]
+    fn a_planted_symlink_is_refused_and_nothing_is_written_through_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(tmp.path()).unwrap();
+        let key = DatasetKey::new("ml", "x").unwrap();
+        let l = layout(vec![entry("d/f", 10, "1")]);
+        let staging = store.staging_dir(&key, &l.revision());
+        std::fs::create_dir_all(&staging).unwrap();
+        std::os::unix::fs::symlink(outside.path(), staging.join("d")).unwrap();
+        let err = store.open_revision(&key, l, None).err().unwrap();
+        assert!(
+            matches!(err, StoreError::UnsafePath { ref path } if path == "d/f"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn chunk_log_round_trips_and_ignores_a_torn_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(tmp.path()).unwrap();
+        let key = DatasetKey::new("a", "b").unwrap();
+        let rev = store
+            .open_revision(&key, layout(vec![entry("f", 5, "1")]), None)
+            .unwrap();
+        let rec = ChunkRecord {
+            index: 0,
+            digest: ChunkDigest([7; 32]),
+            signer: [1; 32],
+            signature: [2; 64],
+        };
+        rev.record_verified(&[rec]).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&rev.log_path)
+            .unwrap()
+            .write_all(&[1, 2, 3])
+            .unwrap();
+        assert_eq!(rev.load_records(), vec![rec]);
+    }
+
+    #[test]
+    fn invalid_kubernetes_names_are_refused() {
+        for (ns, name) in [
+            ("", "a"),
+            ("A", "a"),
+            ("a", "../x"),
+            ("a", "x/y"),
+            ("a", ".."),
+            ("a", ""),
+        ] {
+            assert!(DatasetKey::new(ns, name).is_err(), "{ns}/{name}");
+        }
+        assert!(DatasetKey::new("team-a", "llama.v2").is_ok());
+    }
+}

@@ -1,0 +1,1084 @@
+//! One revision of one dataset moving onto this node.
+//!
+//! A [`Transfer`] owns the revision's files and its [`Board`]. It runs:
+//! - one [`peer session`](Transfer::run_peer) per peer in the plan, pulling
+//!   chunks over the peer protocol, several requests in flight;
+//! - an origin worker that reads this node's own origin ranges (and, as a
+//!   last resort, chunks whose fetchers have been unreachable for the
+//!   fallback delay);
+//! - the completion step: content digest, pinned-digest check, flush and
+//!   atomic publication.
+//!
+//! Every chunk is hashed before it is written; a chunk from a peer must
+//! match a digest signed by the chunk's origin fetcher (see
+//! [`crate::attest`]). A peer that sends a chunk that does not match is
+//! dropped for the rest of the transfer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use swarmseed_proto::pb::{self, DatasetState};
+use swarmseed_proto::{ChunkDigest, ChunkLayout, ContentDigest, RevisionId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::attest::{FetcherTable, Identity};
+use crate::board::{Board, ChunkSet};
+use crate::metrics::{Metrics, ReasonLabels};
+use crate::origin::{OriginClient, OriginError, OriginOptions};
+use crate::store::{ChunkRecord, DatasetKey, NodeStore, RevisionFiles};
+use crate::wire;
+
+/// Tunables shared by all transfers of an agent.
+#[derive(Debug, Clone)]
+pub struct TransferConfig {
+    pub node_name: String,
+    /// How long the fetchers of a chunk must be unreachable before this node
+    /// reads that chunk from the origin itself.
+    pub fallback_after: Duration,
+    pub connect_timeout: Duration,
+    /// A peer connection with requests outstanding and no bytes arriving
+    /// for this long is dropped.
+    pub stall_timeout: Duration,
+    /// Chunks read from the origin at once by one transfer.
+    pub origin_chunk_concurrency: usize,
+    pub origin: OriginOptions,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            node_name: String::new(),
+            fallback_after: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(30),
+            origin_chunk_concurrency: 4,
+            origin: OriginOptions::default(),
+        }
+    }
+}
+
+/// What the plan says, as this transfer uses it.
+struct Plan {
+    generation: u64,
+    token: [u8; 32],
+    fetchers: FetcherTable,
+    fetcher_nodes: Vec<(String, Vec<(u32, u32)>)>,
+    peers: Vec<pb::Peer>,
+    pinned: Option<ContentDigest>,
+    origin: Option<OriginClient>,
+    upload: Arc<crate::ratelimit::TokenBucket>,
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Pending,
+    Transferring,
+    Publishing,
+    Ready,
+    Failed { reason: String, message: String },
+}
+
+#[derive(Default)]
+struct Counters {
+    from_origin: AtomicU64,
+    from_peers: AtomicU64,
+    reused: AtomicU64,
+    served: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    #[error("peer refused: {0}")]
+    Refused(String),
+    #[error("peer sent chunk {0} whose digest does not match")]
+    BadData(u32),
+    #[error("peer stalled with requests outstanding")]
+    Stalled,
+    #[error("peer protocol violation: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl SessionError {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Io(_) => "io",
+            Self::Timeout(_) => "timeout",
+            Self::Refused(_) => "refused",
+            Self::BadData(_) => "bad_data",
+            Self::Stalled => "stalled",
+            Self::Protocol(_) => "protocol",
+            Self::Store(_) => "store",
+        }
+    }
+}
+
+enum SessionEvent {
+    Resolved,
+    Closed(Result<(), SessionError>),
+}
+
+pub struct Transfer {
+    pub key: DatasetKey,
+    files: Arc<RevisionFiles>,
+    layout: Arc<ChunkLayout>,
+    identity: Arc<Identity>,
+    metrics: Arc<Metrics>,
+    cfg: Arc<TransferConfig>,
+    plan: Mutex<Plan>,
+    board: Mutex<Board>,
+    board_version: watch::Sender<u64>,
+    haves: broadcast::Sender<ChunkRecord>,
+    counters: Counters,
+    phase: Mutex<Phase>,
+    content_digest: Mutex<Option<ContentDigest>>,
+    cancel: CancellationToken,
+    sessions: Mutex<HashMap<String, CancellationToken>>,
+    live_nodes: Mutex<HashMap<String, Instant>>,
+    down_since: Mutex<HashMap<String, Instant>>,
+    banned: Mutex<HashSet<String>>,
+    started: Instant,
+    /// Test-only fault switch: serve corrupted bytes.
+    pub corrupt_serving: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Transfer {
+    pub fn new(
+        key: DatasetKey,
+        files: Arc<RevisionFiles>,
+        assignment: &pb::Assignment,
+        identity: Arc<Identity>,
+        metrics: Arc<Metrics>,
+        cfg: Arc<TransferConfig>,
+        corrupt_serving: bool,
+    ) -> Result<Arc<Self>, OriginError> {
+        let layout = files.layout().clone();
+        let plan = Self::plan_from(assignment, &cfg)?;
+        let mut board = Board::new(layout.chunk_count());
+        for (s, e) in plan.fetchers.ranges_of(&identity.public_key()) {
+            for i in s..e.min(layout.chunk_count()) {
+                board.assign_origin(i);
+            }
+        }
+        let (haves, _) = broadcast::channel(4096);
+        Ok(Arc::new(Self {
+            key,
+            files,
+            layout,
+            identity,
+            metrics,
+            cfg,
+            plan: Mutex::new(plan),
+            board: Mutex::new(board),
+            board_version: watch::channel(0).0,
+            haves,
+            counters: Counters::default(),
+            phase: Mutex::new(Phase::Pending),
+            content_digest: Mutex::new(None),
+            cancel: CancellationToken::new(),
+            sessions: Mutex::new(HashMap::new()),
+            live_nodes: Mutex::new(HashMap::new()),
+            down_since: Mutex::new(HashMap::new()),
+            banned: Mutex::new(HashSet::new()),
+            started: Instant::now(),
+            corrupt_serving,
+        }))
+    }
+
+    fn plan_from(a: &pb::Assignment, cfg: &TransferConfig) -> Result<Plan, OriginError> {
+        let token: [u8; 32] = a.peer_token.as_slice().try_into().unwrap_or([0; 32]);
+        let fetcher_nodes = a
+            .fetchers
+            .iter()
+            .map(|f| {
+                (
+                    f.node_name.clone(),
+                    f.ranges.iter().map(|r| (r.start, r.end)).collect(),
+                )
+            })
+            .collect();
+        let limits = a.limits.unwrap_or_default();
+        let origin = match &a.origin {
+            Some(o) if !o.uri.is_empty() => {
+                let mut opts = cfg.origin.clone();
+                opts.bandwidth_bytes_per_sec = limits.origin_bytes_per_second;
+                if limits.origin_concurrency > 0 {
+                    opts.concurrency = limits.origin_concurrency as usize;
+                }
+                Some(OriginClient::new(o, opts)?)
+            }
+            _ => None,
+        };
+        Ok(Plan {
+            generation: a.plan_generation,
+            token,
+            fetchers: FetcherTable::from_plan(&a.fetchers),
+            fetcher_nodes,
+            peers: a.peers.clone(),
+            pinned: ContentDigest::from_slice(&a.pinned_digest),
+            origin,
+            upload: Arc::new(crate::ratelimit::TokenBucket::new(
+                limits.peer_upload_bytes_per_second,
+            )),
+        })
+    }
+
+    pub fn revision(&self) -> RevisionId {
+        self.layout.revision()
+    }
+
+    pub fn layout(&self) -> &Arc<ChunkLayout> {
+        &self.layout
+    }
+
+    pub fn files(&self) -> &Arc<RevisionFiles> {
+        &self.files
+    }
+
+    pub fn token(&self) -> [u8; 32] {
+        lock(&self.plan).token
+    }
+
+    pub fn upload_limit(&self) -> Arc<crate::ratelimit::TokenBucket> {
+        lock(&self.plan).upload.clone()
+    }
+
+    pub fn plan_generation(&self) -> u64 {
+        lock(&self.plan).generation
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(*lock(&self.phase), Phase::Ready)
+    }
+
+    pub fn is_failed(&self) -> bool {
+        matches!(*lock(&self.phase), Phase::Failed { .. })
+    }
+
+    /// Verified chunks and their attestations, for a peer's initial HAVE.
+    pub fn have_snapshot(&self) -> Vec<ChunkRecord> {
+        lock(&self.board).records().copied().collect()
+    }
+
+    pub fn subscribe_haves(&self) -> broadcast::Receiver<ChunkRecord> {
+        self.haves.subscribe()
+    }
+
+    pub fn has_chunk(&self, i: u32) -> bool {
+        lock(&self.board).is_verified(i)
+    }
+
+    pub fn served(&self, bytes: u64) {
+        self.counters.served.fetch_add(bytes, Ordering::Relaxed);
+        self.metrics.bytes_served.inc_by(bytes);
+    }
+
+    /// Applies a new plan for the same revision: peers, fetchers, limits.
+    pub fn update_plan(self: &Arc<Self>, a: &pb::Assignment) -> Result<(), OriginError> {
+        let plan = Self::plan_from(a, &self.cfg)?;
+        let own = plan.fetchers.ranges_of(&self.identity.public_key());
+        *lock(&self.plan) = plan;
+        {
+            let mut board = lock(&self.board);
+            for (s, e) in own {
+                for i in s..e.min(self.layout.chunk_count()) {
+                    board.assign_origin(i);
+                }
+            }
+        }
+        self.bump();
+        if !self.is_ready() && !self.cancel.is_cancelled() {
+            self.sync_sessions();
+        }
+        Ok(())
+    }
+
+    fn bump(&self) {
+        self.board_version.send_modify(|v| *v += 1);
+    }
+
+    /// Stops every task of this transfer (the files stay).
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+
+    pub fn progress(&self) -> pb::DatasetProgress {
+        let (verified, bytes_verified) = {
+            let b = lock(&self.board);
+            let v = b.verified();
+            let bytes: u64 = v.iter().map(|i| self.layout.chunk_len(i)).sum();
+            (v.count(), bytes)
+        };
+        let (state, error) = match &*lock(&self.phase) {
+            Phase::Pending => (DatasetState::Pending, None),
+            Phase::Transferring => (DatasetState::Transferring, None),
+            Phase::Publishing => (DatasetState::Publishing, None),
+            Phase::Ready => (DatasetState::Ready, None),
+            Phase::Failed { reason, message } => (
+                DatasetState::Failed,
+                Some(pb::ErrorInfo {
+                    reason: reason.clone(),
+                    message: message.clone(),
+                }),
+            ),
+        };
+        pb::DatasetProgress {
+            dataset: Some(self.key.to_ref()),
+            revision: self.revision().to_hex(),
+            plan_generation: self.plan_generation(),
+            state: state as i32,
+            chunks_total: self.layout.chunk_count(),
+            chunks_verified: verified,
+            bytes_total: self.layout.total_bytes(),
+            bytes_verified,
+            bytes_from_origin: self.counters.from_origin.load(Ordering::Relaxed),
+            bytes_from_peers: self.counters.from_peers.load(Ordering::Relaxed),
+            bytes_reused: self.counters.reused.load(Ordering::Relaxed),
+            bytes_served_to_peers: self.counters.served.load(Ordering::Relaxed),
+            content_digest: lock(&self.content_digest)
+                .map(|d| d.0.to_vec())
+                .unwrap_or_default(),
+            published_path: String::new(),
+            published_revision: String::new(),
+            error,
+        }
+    }
+
+    fn fail(&self, reason: &str, message: String) {
+        warn!(dataset = %self.key, reason, %message, "transfer failed");
+        *lock(&self.phase) = Phase::Failed {
+            reason: reason.to_owned(),
+            message,
+        };
+        self.cancel.cancel();
+    }
+
+    /// Runs the transfer to publication (or failure). Spawned once.
+    pub async fn run(self: Arc<Self>, store: Arc<NodeStore>) {
+        let span = info_span!("transfer", dataset = %self.key, revision = %self.revision().short());
+        async move {
+            if let Err(e) = self.recover().await {
+                self.fail(e.reason(), e.to_string());
+                return;
+            }
+            if lock(&self.board).is_complete() {
+                self.finish(&store).await;
+                return;
+            }
+            *lock(&self.phase) = Phase::Transferring;
+            self.sync_sessions();
+            let origin = tokio::spawn(self.clone().run_origin());
+            let fallback = tokio::spawn(self.clone().run_fallback());
+            let mut version = self.board_version.subscribe();
+            loop {
+                if lock(&self.board).is_complete() {
+                    break;
+                }
+                tokio::select! {
+                    _ = self.cancel.cancelled() => break,
+                    r = version.changed() => if r.is_err() { break },
+                }
+            }
+            origin.abort();
+            fallback.abort();
+            self.stop_sessions();
+            if !self.cancel.is_cancelled() {
+                self.finish(&store).await;
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Loads what survived a restart: chunks in the log that still hash to
+    /// their digest, and chunks that lie in files reused from an earlier
+    /// revision.
+    async fn recover(self: &Arc<Self>) -> Result<(), crate::store::StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {
+            let rev = this.revision();
+            let published = this.files.is_published();
+            let mut seen = ChunkSet::new(this.layout.chunk_count());
+            let mut buf = Vec::new();
+            let mut recovered = Vec::new();
+            for rec in this.files.load_records() {
+                if rec.index >= this.layout.chunk_count() || !seen.insert(rec.index) {
+                    continue;
+                }
+                // Published revisions were flushed before publication; staging
+                // data may be torn by a crash, so it is hashed again.
+                if !published {
+                    buf.resize(this.layout.chunk_len(rec.index) as usize, 0);
+                    if this.files.read_chunk(rec.index, &mut buf).is_err()
+                        || ChunkDigest::of(&buf) != rec.digest
+                    {
+                        continue;
+                    }
+                }
+                recovered.push(rec);
+            }
+            let mut fresh = Vec::new();
+            for i in 0..this.layout.chunk_count() {
+                if seen.contains(i) && recovered.iter().any(|r| r.index == i) {
+                    continue;
+                }
+                if published || this.files.chunk_is_local(i) {
+                    buf.resize(this.layout.chunk_len(i) as usize, 0);
+                    this.files.read_chunk(i, &mut buf)?;
+                    let rec = this.identity.attest(&rev, i, ChunkDigest::of(&buf));
+                    this.counters
+                        .reused
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    this.metrics.received("reused", buf.len() as u64);
+                    fresh.push(rec);
+                }
+            }
+            this.files.record_verified(&fresh)?;
+            let mut board = lock(&this.board);
+            for rec in recovered.into_iter().chain(fresh) {
+                board.complete(rec);
+            }
+            if !board.verified().is_empty() {
+                debug!(verified = board.verified().count(), "recovered chunks");
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| crate::store::StoreError::Io {
+            path: "recovery".into(),
+            source: std::io::Error::other(e),
+        })?
+    }
+
+    async fn finish(self: &Arc<Self>, store: &Arc<NodeStore>) {
+        *lock(&self.phase) = Phase::Publishing;
+        let digests: Vec<ChunkDigest> = {
+            let b = lock(&self.board);
+            (0..self.layout.chunk_count())
+                .map(|i| {
+                    b.record(i)
+                        .map(|r| r.digest)
+                        .unwrap_or(ChunkDigest([0; 32]))
+                })
+                .collect()
+        };
+        let digest = ContentDigest::compute(&self.layout, &digests);
+        *lock(&self.content_digest) = Some(digest);
+        let pinned = lock(&self.plan).pinned;
+        if let Some(pinned) = pinned
+            && pinned != digest
+        {
+            self.fail(
+                "DigestMismatch",
+                format!(
+                    "content digest is {digest}, but the spec pins {pinned}; nothing was published"
+                ),
+            );
+            return;
+        }
+        let files = self.files.clone();
+        let store = store.clone();
+        let published = tokio::task::spawn_blocking(move || store.publish(&files)).await;
+        match published {
+            Ok(Ok(flush)) => {
+                info!(
+                    flush_ms = flush.as_millis() as u64,
+                    elapsed_ms = self.started.elapsed().as_millis() as u64,
+                    %digest,
+                    "published"
+                );
+                *lock(&self.phase) = Phase::Ready;
+            }
+            Ok(Err(e)) => self.fail(e.reason(), e.to_string()),
+            Err(e) => self.fail("Internal", e.to_string()),
+        }
+    }
+
+    /// Starts a session for every planned peer without one, stops sessions
+    /// of peers no longer planned.
+    fn sync_sessions(self: &Arc<Self>) {
+        let peers = lock(&self.plan).peers.clone();
+        let mut sessions = lock(&self.sessions);
+        let wanted: HashSet<&str> = peers.iter().map(|p| p.address.as_str()).collect();
+        sessions.retain(|addr, token| {
+            let keep = wanted.contains(addr.as_str());
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for peer in peers {
+            if peer.node_name == self.cfg.node_name || sessions.contains_key(&peer.address) {
+                continue;
+            }
+            let token = self.cancel.child_token();
+            sessions.insert(peer.address.clone(), token.clone());
+            let this = self.clone();
+            tokio::spawn(async move { this.run_peer(peer, token).await });
+        }
+    }
+
+    fn stop_sessions(&self) {
+        for (_, t) in lock(&self.sessions).drain() {
+            t.cancel();
+        }
+    }
+
+    /// Keeps one download session with `peer` alive until the transfer is
+    /// complete, reconnecting with backoff; drops the peer for good if it
+    /// serves bad data.
+    async fn run_peer(self: Arc<Self>, peer: pb::Peer, cancel: CancellationToken) {
+        let span = info_span!("peer", node = %peer.node_name, addr = %peer.address);
+        async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if cancel.is_cancelled() || lock(&self.board).is_complete() {
+                    return;
+                }
+                if lock(&self.banned).contains(&peer.node_name) {
+                    return;
+                }
+                let result = tokio::select! {
+                    r = self.session(&peer, &cancel) => r,
+                    _ = cancel.cancelled() => return,
+                };
+                self.mark_down(&peer.node_name);
+                match result {
+                    Ok(()) => backoff = Duration::from_millis(100),
+                    Err(SessionError::BadData(i)) => {
+                        warn!(chunk = i, "peer served corrupted data; dropping it");
+                        self.metrics.verification_failures.inc();
+                        self.metrics
+                            .peers_dropped
+                            .get_or_create(&ReasonLabels { reason: "bad_data" })
+                            .inc();
+                        lock(&self.banned).insert(peer.node_name.clone());
+                        return;
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "peer session ended");
+                        self.metrics
+                            .peers_dropped
+                            .get_or_create(&ReasonLabels { reason: e.label() })
+                            .inc();
+                        let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff + jitter) => {},
+                            _ = cancel.cancelled() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn mark_live(&self, node: &str) {
+        lock(&self.live_nodes).insert(node.to_owned(), Instant::now());
+        lock(&self.down_since).remove(node);
+    }
+
+    fn mark_down(&self, node: &str) {
+        lock(&self.live_nodes).remove(node);
+        lock(&self.down_since)
+            .entry(node.to_owned())
+            .or_insert_with(Instant::now);
+    }
+
+    async fn session(
+        self: &Arc<Self>,
+        peer: &pb::Peer,
+        cancel: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let io_timeout = self.cfg.connect_timeout;
+        let stream = tokio::time::timeout(io_timeout, TcpStream::connect(&peer.address))
+            .await
+            .map_err(|_| SessionError::Timeout("connect"))??;
+        stream.set_nodelay(true)?;
+        let (rd, mut wr) = stream.into_split();
+        let mut rd = BufReader::with_capacity(256 * 1024, rd);
+
+        // Handshake.
+        let (kind, len) = tokio::time::timeout(io_timeout, wire::read_header(&mut rd))
+            .await
+            .map_err(|_| SessionError::Timeout("server hello"))??;
+        let p = wire::read_control(&mut rd, len).await?;
+        if kind != wire::SERVER_HELLO || p.len() != 40 || p[..8] != wire::MAGIC {
+            return Err(SessionError::Protocol("expected SERVER_HELLO".into()));
+        }
+        let nonce: [u8; 32] = p[8..40]
+            .try_into()
+            .map_err(|_| SessionError::Protocol("nonce".into()))?;
+        let rev = self.revision();
+        let mac = wire::hello_mac(
+            &self.token(),
+            &nonce,
+            &rev,
+            &self.key.namespace,
+            &self.key.name,
+        );
+        let hello = wire::Hello {
+            revision: rev,
+            mac,
+            namespace: self.key.namespace.clone(),
+            name: self.key.name.clone(),
+            node: self.cfg.node_name.clone(),
+        };
+        wire::write_frame(&mut wr, wire::HELLO, &hello.encode()).await?;
+        let (kind, len) = tokio::time::timeout(io_timeout, wire::read_header(&mut rd))
+            .await
+            .map_err(|_| SessionError::Timeout("welcome"))??;
+        let p = wire::read_control(&mut rd, len).await?;
+        match kind {
+            wire::WELCOME if wire::parse_u32(&p)? == self.layout.chunk_count() => {}
+            wire::WELCOME => return Err(SessionError::Protocol("chunk count differs".into())),
+            wire::ERROR => {
+                return Err(SessionError::Refused(
+                    String::from_utf8_lossy(&p).into_owned(),
+                ));
+            }
+            _ => return Err(SessionError::Protocol("expected WELCOME".into())),
+        }
+        self.mark_live(&peer.node_name);
+        self.metrics.active_peers.inc();
+        let _active = scopeguard(|| {
+            self.metrics.active_peers.dec();
+        });
+
+        let peer_has = Arc::new(Mutex::new(ChunkSet::new(self.layout.chunk_count())));
+        let outstanding = Arc::new(Mutex::new(HashSet::<u32>::new()));
+        let (events_tx, mut events) = mpsc::channel(64);
+        let reader = {
+            let this = self.clone();
+            let peer_has = peer_has.clone();
+            let outstanding = outstanding.clone();
+            tokio::spawn(async move {
+                let r = this
+                    .read_loop(rd, &peer_has, &outstanding, &events_tx)
+                    .await;
+                let _ = events_tx.send(SessionEvent::Closed(r)).await;
+            })
+        };
+        let result = self
+            .request_loop(&mut wr, &peer_has, &outstanding, &mut events, cancel)
+            .await;
+        reader.abort();
+        {
+            let mut board = lock(&self.board);
+            for i in lock(&outstanding).drain() {
+                board.abandon(i);
+            }
+            board.peer_lost(&lock(&peer_has));
+        }
+        self.bump();
+        result
+    }
+
+    fn depth(&self) -> usize {
+        // Keep about 8 MiB in flight per peer: enough to fill a fast link,
+        // few enough that the tail is not stuck on one slow peer.
+        ((8 << 20) / self.layout.chunk_size()).clamp(2, 16) as usize
+    }
+
+    async fn request_loop(
+        &self,
+        wr: &mut OwnedWriteHalf,
+        peer_has: &Mutex<ChunkSet>,
+        outstanding: &Mutex<HashSet<u32>>,
+        events: &mut mpsc::Receiver<SessionEvent>,
+        cancel: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let mut version = self.board_version.subscribe();
+        let cursor = rand::random::<u32>();
+        let depth = self.depth();
+        let mut last_progress = Instant::now();
+        loop {
+            // Fill the pipeline.
+            let mut requests = Vec::new();
+            {
+                let has = lock(peer_has);
+                let mut out = lock(outstanding);
+                let mut board = lock(&self.board);
+                if board.is_complete() {
+                    return Ok(());
+                }
+                while out.len() < depth {
+                    match board.pick(&has, cursor) {
+                        Some(i) => {
+                            out.insert(i);
+                            requests.push(i);
+                        }
+                        None => break,
+                    }
+                }
+            }
+            if !requests.is_empty() {
+                let mut buf = Vec::with_capacity(requests.len() * 9);
+                for i in requests {
+                    buf.extend_from_slice(&wire::header(wire::REQUEST, 4));
+                    buf.extend_from_slice(&wire::u32_payload(i));
+                }
+                wr.write_all(&buf).await?;
+            }
+            let waiting = !lock(outstanding).is_empty();
+            let stall = self
+                .cfg
+                .stall_timeout
+                .saturating_sub(last_progress.elapsed());
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(SessionEvent::Resolved) => last_progress = Instant::now(),
+                    Some(SessionEvent::Closed(r)) => return r,
+                    None => return Ok(()),
+                },
+                r = version.changed() => {
+                    if r.is_err() {
+                        return Ok(());
+                    }
+                    // Endgame: cancel what another peer already delivered.
+                    let cancels: Vec<u32> = {
+                        let board = lock(&self.board);
+                        lock(outstanding).iter().copied().filter(|&i| board.is_verified(i)).collect()
+                    };
+                    let mut buf = Vec::new();
+                    for i in cancels {
+                        buf.extend_from_slice(&wire::header(wire::CANCEL, 4));
+                        buf.extend_from_slice(&wire::u32_payload(i));
+                    }
+                    if !buf.is_empty() {
+                        wr.write_all(&buf).await?;
+                    }
+                }
+                _ = tokio::time::sleep(stall), if waiting => return Err(SessionError::Stalled),
+                _ = cancel.cancelled() => return Ok(()),
+            }
+            if !waiting {
+                last_progress = Instant::now();
+            }
+        }
+    }
+
+    async fn read_loop(
+        &self,
+        mut rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
+        peer_has: &Mutex<ChunkSet>,
+        outstanding: &Mutex<HashSet<u32>>,
+        events: &mpsc::Sender<SessionEvent>,
+    ) -> Result<(), SessionError> {
+        let rev = self.revision();
+        let mut buf = BytesMut::new();
+        loop {
+            let (kind, len) = wire::read_header(&mut rd).await?;
+            match kind {
+                wire::HAVE => {
+                    let payload = wire::read_control(&mut rd, len).await?;
+                    let records = wire::decode_haves(&payload)?;
+                    let fetchers = lock(&self.plan).fetchers.clone();
+                    let mut gained = false;
+                    for rec in records {
+                        if rec.index >= self.layout.chunk_count() || !fetchers.accepts(&rev, &rec) {
+                            continue;
+                        }
+                        let mut board = lock(&self.board);
+                        if let Some(expected) = board.expected(rec.index)
+                            && expected != rec.digest
+                        {
+                            // Two fetchers disagree: the origin changed
+                            // under us. Keep the first; never this one.
+                            continue;
+                        }
+                        board.learn(rec);
+                        if lock(peer_has).insert(rec.index) {
+                            board.peer_gained(rec.index);
+                            gained = true;
+                        }
+                    }
+                    if gained {
+                        self.bump();
+                    }
+                }
+                wire::PIECE => {
+                    if len < 4 {
+                        return Err(SessionError::Protocol("short PIECE".into()));
+                    }
+                    let mut idx = [0u8; 4];
+                    rd.read_exact(&mut idx).await?;
+                    let index = u32::from_le_bytes(idx);
+                    let data_len = (len - 4) as u64;
+                    if index >= self.layout.chunk_count()
+                        || data_len != self.layout.chunk_len(index)
+                    {
+                        return Err(SessionError::Protocol(format!(
+                            "PIECE {index} of {data_len} bytes"
+                        )));
+                    }
+                    if !lock(outstanding).contains(&index) {
+                        return Err(SessionError::Protocol(format!("unrequested PIECE {index}")));
+                    }
+                    // Read and hash in slices, while the bytes are in cache.
+                    buf.clear();
+                    buf.resize(data_len as usize, 0);
+                    let mut hasher = blake3::Hasher::new();
+                    let mut at = 0usize;
+                    while at < buf.len() {
+                        let end = (at + 256 * 1024).min(buf.len());
+                        let n = rd.read(&mut buf[at..end]).await?;
+                        if n == 0 {
+                            return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                        }
+                        hasher.update(&buf[at..at + n]);
+                        at += n;
+                    }
+                    let digest = ChunkDigest::from(hasher.finalize());
+                    let record = {
+                        let board = lock(&self.board);
+                        if board.expected(index) != Some(digest) {
+                            return Err(SessionError::BadData(index));
+                        }
+                        board.record(index).copied()
+                    };
+                    lock(outstanding).remove(&index);
+                    if record.is_none() {
+                        self.accept_peer_chunk(index, digest, &buf)?;
+                    } else {
+                        // Endgame duplicate: already have it.
+                        lock(&self.board).abandon(index);
+                    }
+                    let _ = events.send(SessionEvent::Resolved).await;
+                }
+                wire::REJECT => {
+                    let p = wire::read_control(&mut rd, len).await?;
+                    let index = wire::parse_u32(&p)?;
+                    if lock(outstanding).remove(&index) {
+                        lock(&self.board).abandon(index);
+                        // The peer no longer offers it (cancelled or gone).
+                        self.bump();
+                    }
+                    let _ = events.send(SessionEvent::Resolved).await;
+                }
+                wire::ERROR => {
+                    let p = wire::read_control(&mut rd, len).await?;
+                    return Err(SessionError::Refused(
+                        String::from_utf8_lossy(&p).into_owned(),
+                    ));
+                }
+                other => return Err(SessionError::Protocol(format!("unexpected frame {other}"))),
+            }
+        }
+    }
+
+    /// Writes a chunk that matched its attested digest and announces it.
+    fn accept_peer_chunk(
+        &self,
+        index: u32,
+        digest: ChunkDigest,
+        data: &[u8],
+    ) -> Result<(), SessionError> {
+        // Re-announce it with the fetcher's attestation we accepted.
+        let attestation = lock(&self.board)
+            .attestation(index)
+            .filter(|r| r.digest == digest);
+        let record =
+            attestation.unwrap_or_else(|| self.identity.attest(&self.revision(), index, digest));
+        self.files.write_chunk(index, data)?;
+        self.commit(record, "peer", data.len() as u64)
+    }
+
+    fn commit(
+        &self,
+        record: ChunkRecord,
+        source: &'static str,
+        bytes: u64,
+    ) -> Result<(), SessionError> {
+        self.files.record_verified(&[record])?;
+        let new = lock(&self.board).complete(record);
+        if new {
+            match source {
+                "origin" => self
+                    .counters
+                    .from_origin
+                    .fetch_add(bytes, Ordering::Relaxed),
+                _ => self.counters.from_peers.fetch_add(bytes, Ordering::Relaxed),
+            };
+            self.metrics.received(source, bytes);
+            self.metrics.chunks_verified.inc();
+            let _ = self.haves.send(record);
+        }
+        self.bump();
+        Ok(())
+    }
+
+    /// Reads this node's origin chunks, a few at a time.
+    async fn run_origin(self: Arc<Self>) {
+        let limit = Arc::new(tokio::sync::Semaphore::new(
+            self.cfg.origin_chunk_concurrency.max(1),
+        ));
+        let mut version = self.board_version.subscribe();
+        loop {
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
+            let pick = lock(&self.board).pick_origin();
+            match pick {
+                Some(i) => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        this.fetch_origin_chunk(i).await;
+                        drop(permit);
+                    });
+                }
+                None => {
+                    drop(permit);
+                    if lock(&self.board).is_complete() {
+                        return;
+                    }
+                    tokio::select! {
+                        r = version.changed() => if r.is_err() { return },
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fetch_origin_chunk(self: &Arc<Self>, index: u32) {
+        let origin = lock(&self.plan).origin.clone();
+        let Some(origin) = origin else {
+            lock(&self.board).abandon(index);
+            self.fail("InvalidAssignment", "the assignment names no origin".into());
+            return;
+        };
+        let result = async {
+            let segments = self.layout.segments(index).to_vec();
+            let reads = segments.iter().map(|s| {
+                let file = &self.layout.files()[s.file as usize];
+                origin.read_range(file, s.file_offset..s.file_offset + s.len)
+            });
+            let parts = futures::future::try_join_all(reads).await?;
+            let mut data = Vec::with_capacity(self.layout.chunk_len(index) as usize);
+            for p in parts {
+                data.extend_from_slice(&p);
+            }
+            Ok::<_, OriginError>(data)
+        }
+        .await;
+        match result {
+            Ok(data) => {
+                let digest = ChunkDigest::of(&data);
+                let record = self.identity.attest(&self.revision(), index, digest);
+                let written = self
+                    .files
+                    .write_chunk(index, &data)
+                    .map_err(SessionError::from)
+                    .and_then(|()| self.commit(record, "origin", data.len() as u64));
+                if let Err(e) = written {
+                    lock(&self.board).abandon(index);
+                    self.fail("StorageError", e.to_string());
+                }
+            }
+            Err(e) => {
+                lock(&self.board).abandon(index);
+                self.metrics
+                    .origin_errors
+                    .get_or_create(&ReasonLabels { reason: e.label() })
+                    .inc();
+                if e.is_transient() {
+                    warn!(chunk = index, error = %e, "origin read failed; will retry");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    self.bump();
+                } else {
+                    self.fail(e.reason(), e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Gives this node the chunks whose fetchers have been unreachable for
+    /// the fallback delay, so no chunk is stranded.
+    async fn run_fallback(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let after = self.cfg.fallback_after;
+            let now = Instant::now();
+            let (fetcher_nodes, me) = {
+                let p = lock(&self.plan);
+                (p.fetcher_nodes.clone(), self.cfg.node_name.clone())
+            };
+            let live = lock(&self.live_nodes).clone();
+            let down = lock(&self.down_since).clone();
+            let stranded_since_start = now.duration_since(self.started) >= after;
+            let mut board = lock(&self.board);
+            let mut covered = ChunkSet::new(self.layout.chunk_count());
+            let mut changed = false;
+            for (node, ranges) in &fetcher_nodes {
+                let unreachable = *node != me
+                    && !live.contains_key(node)
+                    && down
+                        .get(node)
+                        .map_or(stranded_since_start, |t| now.duration_since(*t) >= after);
+                for &(s, e) in ranges {
+                    for i in s..e.min(self.layout.chunk_count()) {
+                        covered.insert(i);
+                        if unreachable
+                            && !board.is_verified(i)
+                            && board.availability(i) == 0
+                            && !board.is_origin(i)
+                        {
+                            board.assign_origin(i);
+                            changed = true;
+                        }
+                    }
+                }
+            }
+            if stranded_since_start {
+                for i in 0..self.layout.chunk_count() {
+                    if !covered.contains(i)
+                        && !board.is_verified(i)
+                        && !board.is_origin(i)
+                        && board.availability(i) == 0
+                    {
+                        board.assign_origin(i);
+                        changed = true;
+                    }
+                }
+            }
+            drop(board);
+            if changed {
+                info!("fetchers unreachable: reading their chunks from the origin");
+                self.bump();
+            }
+        }
+    }
+}
+
+struct ScopeGuard<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for ScopeGuard<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+fn scopeguard<F: FnMut()>(f: F) -> ScopeGuard<F> {
+    ScopeGuard(f)
+}

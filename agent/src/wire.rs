@@ -1,0 +1,212 @@
+//! The peer protocol: compact frames over plain TCP.
+//!
+//! Every frame is `[kind: u8][len: u32 LE][payload: len bytes]`.
+//!
+//! ```text
+//! server → client  SERVER_HELLO  magic[8] nonce[32]
+//! client → server  HELLO         magic[8] revision[32] mac[32] ns name node (u16-prefixed)
+//! server → client  WELCOME       chunk_count u32            (or ERROR, then close)
+//! server → client  HAVE          n × ChunkRecord            (initial set, then each new chunk)
+//! client → server  REQUEST       index u32                  (many in flight)
+//! client → server  CANCEL        index u32                  (endgame)
+//! server → client  PIECE         index u32, then the chunk's bytes (sent with sendfile)
+//! server → client  REJECT        index u32                  (not held / cancelled)
+//! ```
+//!
+//! The MAC proves the client holds the dataset's peer token without sending
+//! it: `blake3::keyed_hash(token, context ‖ nonce ‖ revision ‖ ns ‖ 0 ‖ name)`.
+
+use std::io;
+
+use swarmseed_proto::RevisionId;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::store::ChunkRecord;
+
+pub const MAGIC: [u8; 8] = *b"SWSEED\x00\x01";
+
+pub const SERVER_HELLO: u8 = 1;
+pub const WELCOME: u8 = 2;
+pub const HAVE: u8 = 3;
+pub const PIECE: u8 = 4;
+pub const ERROR: u8 = 5;
+pub const REJECT: u8 = 6;
+pub const HELLO: u8 = 16;
+pub const REQUEST: u8 = 17;
+pub const CANCEL: u8 = 18;
+
+/// Largest control frame (everything but PIECE).
+pub const MAX_CONTROL_FRAME: u32 = 1 << 20;
+/// HAVE records per frame, so one frame stays under MAX_CONTROL_FRAME.
+pub const HAVE_BATCH: usize = 4096;
+
+const MAC_CONTEXT: &[u8] = b"swarmseed.io peer hello v1";
+
+pub fn hello_mac(
+    token: &[u8; 32],
+    nonce: &[u8; 32],
+    revision: &RevisionId,
+    namespace: &str,
+    name: &str,
+) -> [u8; 32] {
+    let mut m = Vec::with_capacity(MAC_CONTEXT.len() + 64 + namespace.len() + name.len() + 1);
+    m.extend_from_slice(MAC_CONTEXT);
+    m.extend_from_slice(nonce);
+    m.extend_from_slice(&revision.0);
+    m.extend_from_slice(namespace.as_bytes());
+    m.push(0);
+    m.extend_from_slice(name.as_bytes());
+    *blake3::keyed_hash(token, &m).as_bytes()
+}
+
+pub fn header(kind: u8, len: u32) -> [u8; 5] {
+    let mut h = [0u8; 5];
+    h[0] = kind;
+    h[1..].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: u8,
+    payload: &[u8],
+) -> io::Result<()> {
+    let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("frame too large"))?;
+    let mut buf = Vec::with_capacity(5 + payload.len());
+    buf.extend_from_slice(&header(kind, len));
+    buf.extend_from_slice(payload);
+    w.write_all(&buf).await
+}
+
+pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<(u8, u32)> {
+    let mut h = [0u8; 5];
+    r.read_exact(&mut h).await?;
+    Ok((h[0], u32::from_le_bytes([h[1], h[2], h[3], h[4]])))
+}
+
+/// Reads a control frame's payload, refusing oversized ones.
+pub async fn read_control<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> io::Result<Vec<u8>> {
+    if len > MAX_CONTROL_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes"),
+        ));
+    }
+    let mut buf = vec![0u8; len as usize];
+    r.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+pub fn encode_haves(records: &[ChunkRecord]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.len() * ChunkRecord::LEN);
+    for r in records {
+        r.encode(&mut out);
+    }
+    out
+}
+
+pub fn decode_haves(payload: &[u8]) -> io::Result<Vec<ChunkRecord>> {
+    if !payload.len().is_multiple_of(ChunkRecord::LEN) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "torn HAVE frame",
+        ));
+    }
+    Ok(payload
+        .chunks_exact(ChunkRecord::LEN)
+        .filter_map(ChunkRecord::decode)
+        .collect())
+}
+
+/// The client's HELLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub revision: RevisionId,
+    pub mac: [u8; 32],
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+}
+
+impl Hello {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&self.revision.0);
+        out.extend_from_slice(&self.mac);
+        for s in [&self.namespace, &self.name, &self.node] {
+            let b = s.as_bytes();
+            let len = b.len().min(u16::MAX as usize);
+            out.extend_from_slice(&(len as u16).to_le_bytes());
+            out.extend_from_slice(&b[..len]);
+        }
+        out
+    }
+
+    pub fn decode(p: &[u8]) -> io::Result<Self> {
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed HELLO");
+        if p.len() < 72 || p[..8] != MAGIC {
+            return Err(bad());
+        }
+        let revision = RevisionId(p[8..40].try_into().map_err(|_| bad())?);
+        let mac: [u8; 32] = p[40..72].try_into().map_err(|_| bad())?;
+        let mut rest = &p[72..];
+        let mut strings = Vec::with_capacity(3);
+        for _ in 0..3 {
+            if rest.len() < 2 {
+                return Err(bad());
+            }
+            let len = u16::from_le_bytes([rest[0], rest[1]]) as usize;
+            let s = rest.get(2..2 + len).ok_or_else(bad)?;
+            strings.push(String::from_utf8(s.to_vec()).map_err(|_| bad())?);
+            rest = &rest[2 + len..];
+        }
+        let node = strings.pop().unwrap_or_default();
+        let name = strings.pop().unwrap_or_default();
+        let namespace = strings.pop().unwrap_or_default();
+        Ok(Self {
+            revision,
+            mac,
+            namespace,
+            name,
+            node,
+        })
+    }
+}
+
+pub fn u32_payload(v: u32) -> [u8; 4] {
+    v.to_le_bytes()
+}
+
+pub fn parse_u32(p: &[u8]) -> io::Result<u32> {
+    p.try_into()
+        .map(u32::from_le_bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "expected a u32 payload"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trips() {
+        let h = Hello {
+            revision: RevisionId([5; 32]),
+            mac: [6; 32],
+            namespace: "ml".into(),
+            name: "llama".into(),
+            node: "gpu-1".into(),
+        };
+        assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
+        assert!(Hello::decode(&h.encode()[..80]).is_err());
+    }
+
+    #[test]
+    fn the_mac_binds_token_nonce_and_dataset() {
+        let rev = RevisionId([1; 32]);
+        let m = hello_mac(&[1; 32], &[2; 32], &rev, "a", "b");
+        assert_ne!(m, hello_mac(&[9; 32], &[2; 32], &rev, "a", "b"));
+        assert_ne!(m, hello_mac(&[1; 32], &[3; 32], &rev, "a", "b"));
+        assert_ne!(m, hello_mac(&[1; 32], &[2; 32], &rev, "ab", ""));
+    }
+}

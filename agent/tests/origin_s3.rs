@@ -1,0 +1,243 @@
+//! S3 origins against moto's S3 server on 127.0.0.1 (installed by
+//! e2e/setup.sh).
+
+// Test fixtures may panic on anything unexpected.
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use object_store::ObjectStoreExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path;
+use swarmseed_agent::origin::{OriginClient, OriginError, OriginOptions};
+use swarmseed_proto::pb::Origin;
+
+mod origin_support;
+use origin_support::{content, entry};
+
+/// moto's server, killed when dropped.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    fn start() -> Self {
+        let probe = Command::new("python3")
+            .args(["-c", "import moto.server"])
+            .output()
+            .expect("python3 is needed to run moto's S3 server");
+        assert!(
+            probe.status.success(),
+            "moto's S3 server is not installed (run e2e/setup.sh, or `pip install 'moto[server]>=5,<6'`): {}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start moto");
+        let moto = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto did not listen on port {port} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    async fn create_bucket(&self, bucket: &str) -> AmazonS3 {
+        // object_store cannot create buckets; moto takes an unsigned PUT.
+        let response = reqwest::Client::new()
+            .put(format!("{}/{bucket}", self.endpoint))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .unwrap()
+    }
+
+    fn origin(&self, uri: &str) -> Origin {
+        let mut origin = Origin {
+            uri: uri.into(),
+            endpoint: self.endpoint.clone(),
+            region: "us-east-1".into(),
+            allow_http: true,
+            ..Default::default()
+        };
+        origin
+            .credentials
+            .insert("AWS_ACCESS_KEY_ID".into(), "test".into());
+        origin
+            .credentials
+            .insert("AWS_SECRET_ACCESS_KEY".into(), "test".into());
+        origin
+    }
+}
+
+fn options() -> OriginOptions {
+    origin_support::options(2)
+}
+
+#[tokio::test]
+async fn lists_reads_and_detects_changes_on_s3() {
+    let moto = Moto::start();
+    let store = moto.create_bucket("models").await;
+    let put = |key: &'static str, body: Bytes| {
+        let store = &store;
+        async move { store.put(&Path::from(key), body.into()).await.unwrap() }
+    };
+    put("llama/model.safetensors", content(300_000, 1)).await;
+    put("llama/config.json", Bytes::from_static(b"{\"layers\": 2}")).await;
+    put("llama/tok/vocab file.txt", Bytes::from_static(b"a b c")).await;
+    put("llama/tok/extra.bin", content(10, 2)).await;
+    put("llama-other/x.bin", content(10, 3)).await;
+
+    let client = OriginClient::new(&moto.origin("s3://models/llama/"), options()).unwrap();
+    let listing = client.list(&[], &[]).await.unwrap();
+    assert_eq!(listing.revision, "");
+    let paths: Vec<_> = listing.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "config.json",
+            "model.safetensors",
+            "tok/extra.bin",
+            "tok/vocab file.txt"
+        ]
+    );
+    let model = entry(&listing.files, "model.safetensors");
+    assert_eq!(model.size, 300_000);
+    assert!(!model.etag.is_empty());
+    assert!(listing.files.iter().all(|f| f.mode == 0o444));
+
+    let filtered = client
+        .list(&["**/*.txt".into(), "*.json".into()], &["tok/*".into()])
+        .await
+        .unwrap();
+    let paths: Vec<_> = filtered.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["config.json"]);
+
+    let want = content(300_000, 1);
+    for range in [0..1, 0..300_000, 65_536..200_001, 299_999..300_000] {
+        let got = client.read_range(model, range.clone()).await.unwrap();
+        assert_eq!(
+            got,
+            want.slice(range.start as usize..range.end as usize),
+            "{range:?}"
+        );
+    }
+    let vocab = entry(&listing.files, "tok/vocab file.txt");
+    assert_eq!(client.read_range(vocab, 2..5).await.unwrap(), &b"b c"[..]);
+
+    // Overwritten after listing: If-Match fails, no new byte comes back.
+    put("llama/model.safetensors", content(300_000, 9)).await;
+    let err = client.read_range(model, 0..1000).await.unwrap_err();
+    assert_eq!(
+        err,
+        OriginError::Changed {
+            path: "model.safetensors".into()
+        }
+    );
+    // Deleted after listing.
+    store
+        .delete(&Path::from("llama/tok/extra.bin"))
+        .await
+        .unwrap();
+    let extra = entry(&listing.files, "tok/extra.bin");
+    assert_eq!(
+        client.read_range(extra, 0..10).await.unwrap_err().label(),
+        "changed"
+    );
+
+    // A fresh listing pins the new content.
+    let relisted = client.list(&[], &[]).await.unwrap();
+    let model = entry(&relisted.files, "model.safetensors");
+    assert_eq!(
+        client.read_range(model, 0..1000).await.unwrap(),
+        content(300_000, 9).slice(0..1000)
+    );
+}
+
+#[tokio::test]
+async fn missing_buckets_and_prefixes_are_not_found() {
+    let moto = Moto::start();
+    let store = moto.create_bucket("data").await;
+    store
+        .put(
+            &Path::from("present/file.bin"),
+            Bytes::from_static(b"x").into(),
+        )
+        .await
+        .unwrap();
+
+    let err = OriginClient::new(&moto.origin("s3://no-such-bucket/x"), options())
+        .unwrap()
+        .list(&[], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.label(), "not_found", "{err}");
+    assert_eq!(err.reason(), "InvalidSource");
+
+    let err = OriginClient::new(&moto.origin("s3://data/absent"), options())
+        .unwrap()
+        .list(&[], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.label(), "not_found", "{err}");
+
+    // The whole bucket, unsigned (no credentials: public-bucket mode);
+    // moto lets anyone list.
+    let mut anonymous = moto.origin("s3://data");
+    anonymous.credentials.clear();
+    let client = OriginClient::new(&anonymous, options()).unwrap();
+    let listing = client.list(&[], &[]).await.unwrap();
+    assert_eq!(listing.files.len(), 1);
+    assert_eq!(listing.files[0].path, "present/file.bin");
+    // moto, like S3, keeps a private bucket's objects from anonymous reads.
+    let err = client
+        .read_range(&listing.files[0], 0..1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.label(), "denied", "{err}");
+    assert_eq!(err.reason(), "SourceDenied");
+    assert!(err.to_string().contains("403"), "{err}");
+}
