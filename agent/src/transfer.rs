@@ -147,8 +147,11 @@ pub struct Transfer {
     content_digest: Mutex<Option<ContentDigest>>,
     cancel: CancellationToken,
     sessions: Mutex<HashMap<String, CancellationToken>>,
-    live_nodes: Mutex<HashMap<String, Instant>>,
-    down_since: Mutex<HashMap<String, Instant>>,
+    /// Peers with an established download session.
+    live_nodes: Mutex<HashSet<String>>,
+    /// When each peer last answered at all (a refusal counts: it is up,
+    /// just not assigned yet).
+    last_seen: Mutex<HashMap<String, Instant>>,
     banned: Mutex<HashSet<String>>,
     started: Instant,
     /// Test-only fault switch: serve corrupted bytes.
@@ -194,8 +197,8 @@ impl Transfer {
             content_digest: Mutex::new(None),
             cancel: CancellationToken::new(),
             sessions: Mutex::new(HashMap::new()),
-            live_nodes: Mutex::new(HashMap::new()),
-            down_since: Mutex::new(HashMap::new()),
+            live_nodes: Mutex::new(HashSet::new()),
+            last_seen: Mutex::new(HashMap::new()),
             banned: Mutex::new(HashSet::new()),
             started: Instant::now(),
             corrupt_serving,
@@ -559,7 +562,7 @@ impl Transfer {
                     r = self.session(&peer, &cancel) => r,
                     _ = cancel.cancelled() => return,
                 };
-                self.mark_down(&peer.node_name);
+                lock(&self.live_nodes).remove(&peer.node_name);
                 match result {
                     Ok(()) => backoff = Duration::from_millis(100),
                     Err(SessionError::BadData(i)) => {
@@ -583,7 +586,14 @@ impl Transfer {
                             _ = tokio::time::sleep(backoff + jitter) => {},
                             _ = cancel.cancelled() => return,
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        // A peer that refuses only lacks the assignment so
+                        // far: ask again soon.
+                        let cap = if matches!(e, SessionError::Refused(_)) {
+                            500
+                        } else {
+                            5000
+                        };
+                        backoff = (backoff * 2).min(Duration::from_millis(cap));
                     }
                 }
             }
@@ -592,16 +602,8 @@ impl Transfer {
         .await
     }
 
-    fn mark_live(&self, node: &str) {
-        lock(&self.live_nodes).insert(node.to_owned(), Instant::now());
-        lock(&self.down_since).remove(node);
-    }
-
-    fn mark_down(&self, node: &str) {
-        lock(&self.live_nodes).remove(node);
-        lock(&self.down_since)
-            .entry(node.to_owned())
-            .or_insert_with(Instant::now);
+    fn mark_seen(&self, node: &str) {
+        lock(&self.last_seen).insert(node.to_owned(), Instant::now());
     }
 
     async fn session(
@@ -648,6 +650,7 @@ impl Transfer {
             .await
             .map_err(|_| SessionError::Timeout("welcome"))??;
         let p = wire::read_control(&mut rd, len).await?;
+        self.mark_seen(&peer.node_name);
         match kind {
             wire::WELCOME if wire::parse_u32(&p)? == self.layout.chunk_count() => {}
             wire::WELCOME => return Err(SessionError::Protocol("chunk count differs".into())),
@@ -658,10 +661,12 @@ impl Transfer {
             }
             _ => return Err(SessionError::Protocol("expected WELCOME".into())),
         }
-        self.mark_live(&peer.node_name);
+        lock(&self.live_nodes).insert(peer.node_name.clone());
         self.metrics.active_peers.inc();
         let _active = scopeguard(|| {
             self.metrics.active_peers.dec();
+            // It was up until now.
+            self.mark_seen(&peer.node_name);
         });
 
         let peer_has = Arc::new(Mutex::new(ChunkSet::new(self.layout.chunk_count())));
@@ -1025,17 +1030,22 @@ impl Transfer {
                 (p.fetcher_nodes.clone(), self.cfg.node_name.clone())
             };
             let live = lock(&self.live_nodes).clone();
-            let down = lock(&self.down_since).clone();
+            let seen = lock(&self.last_seen).clone();
             let stranded_since_start = now.duration_since(self.started) >= after;
             let mut board = lock(&self.board);
             let mut covered = ChunkSet::new(self.layout.chunk_count());
             let mut changed = false;
+            let mut gone = Vec::new();
             for (node, ranges) in &fetcher_nodes {
+                // Unreachable: no session, and no answer for the delay.
                 let unreachable = *node != me
-                    && !live.contains_key(node)
-                    && down
+                    && !live.contains(node)
+                    && seen
                         .get(node)
                         .map_or(stranded_since_start, |t| now.duration_since(*t) >= after);
+                if unreachable {
+                    gone.push(node.as_str());
+                }
                 for &(s, e) in ranges {
                     for i in s..e.min(self.layout.chunk_count()) {
                         covered.insert(i);
@@ -1064,7 +1074,7 @@ impl Transfer {
             }
             drop(board);
             if changed {
-                info!("fetchers unreachable: reading their chunks from the origin");
+                info!(fetchers = ?gone, "fetchers unreachable: reading their chunks from the origin");
                 self.bump();
             }
         }

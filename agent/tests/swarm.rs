@@ -1,0 +1,341 @@
+//! The data plane end to end: real agent processes on loopback, driven
+//! through their gRPC API the way the operator drives them, pulling from a
+//! real origin that counts what it serves.
+
+#![allow(clippy::unwrap_used)]
+
+mod swarm_support;
+
+use std::time::Duration;
+
+use swarm_support::*;
+use swarmseed_agent::origin::{OriginClient, OriginOptions};
+use swarmseed_proto::pb;
+
+async fn list(origin: &pb::Origin) -> Vec<pb::FileEntry> {
+    OriginClient::new(origin, OriginOptions::default())
+        .unwrap()
+        .list(&[], &[])
+        .await
+        .unwrap()
+        .files
+}
+
+fn spawn_agents(base: &std::path::Path, n: usize) -> Vec<AgentProc> {
+    (0..n)
+        .map(|i| AgentProc::spawn(base, &format!("node-{i}"), &[]))
+        .collect()
+}
+
+fn moved(progress: &[pb::DatasetProgress]) -> u64 {
+    progress
+        .iter()
+        .map(|p| p.bytes_from_origin + p.bytes_from_peers)
+        .sum()
+}
+
+/// Acceptance 1: 8 agents, 512 MiB (one 384 MiB file and 2,000 small
+/// files), HTTP origin: every tree identical, origin egress ≤ 1.02×.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_agents_seed_512_mib_from_http_with_one_copy_of_origin_egress() {
+    let tmp = workdir();
+    let src = tmp.path().join("origin");
+    let total = generate(&src, &[384 * MIB], 2000, 1);
+    assert!(total >= 500 * MIB, "{total}");
+    let expected = tree(&src);
+    let http = HttpOrigin::start(&src).await;
+    let origin = http_origin(&http.url);
+    let files = list(&origin).await;
+    assert_eq!(files.len(), 2001);
+
+    let agents = spawn_agents(&tmp.path().join("nodes"), 8);
+    let a = plan(&agents, 8, files, MIB, origin, 1).await;
+    apply_all(&agents, &a).await;
+    let progress = wait_ready(&agents, &a.revision, Duration::from_secs(300)).await;
+
+    for agent in &agents {
+        assert_same_tree(&expected, &agent.dataset_dir("ml", "weights"));
+    }
+    let ratio = http.served() as f64 / total as f64;
+    println!(
+        "origin served {} bytes for {total} ({ratio:.4}x)",
+        http.served()
+    );
+    assert!(ratio <= 1.02, "origin served {ratio:.4}x the dataset");
+    let digests: std::collections::HashSet<_> =
+        progress.iter().map(|p| p.content_digest.clone()).collect();
+    assert_eq!(
+        digests.len(),
+        1,
+        "every node computed the same content digest"
+    );
+    assert_eq!(
+        moved(&progress),
+        8 * total,
+        "every node received each byte once"
+    );
+}
+
+/// Acceptance 2: the same from S3 (moto) with credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_agents_seed_512_mib_from_s3_with_credentials() {
+    let tmp = workdir();
+    let src = tmp.path().join("origin");
+    let total = generate(&src, &[384 * MIB], 2000, 2);
+    let expected = tree(&src);
+    let s3 = S3Origin::start().await;
+    s3.upload("datasets", &src).await;
+    let origin = s3.origin("s3://datasets/");
+    let files = list(&origin).await;
+    assert_eq!(files.len(), 2001);
+    let listed = s3.served();
+
+    let agents = spawn_agents(&tmp.path().join("nodes"), 8);
+    let a = plan(&agents, 8, files, MIB, origin, 1).await;
+    apply_all(&agents, &a).await;
+    wait_ready(&agents, &a.revision, Duration::from_secs(400)).await;
+    for agent in &agents {
+        assert_same_tree(&expected, &agent.dataset_dir("ml", "weights"));
+    }
+    // What moto sent beyond the listing, including HTTP headers.
+    let ratio = (s3.served() - listed) as f64 / total as f64;
+    println!(
+        "S3 served {} bytes for {total} ({ratio:.4}x)",
+        s3.served() - listed
+    );
+    assert!(ratio <= 1.02, "S3 served {ratio:.4}x the dataset");
+}
+
+/// Acceptance 3: kill -9 at about half progress; after a restart on the
+/// same root the agent fetches only what it did not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_seed_resumes_without_refetching_verified_chunks() {
+    let tmp = workdir();
+    let src = tmp.path().join("origin");
+    let total = generate(&src, &[96 * MIB, 64 * MIB], 200, 3);
+    let expected = tree(&src);
+    let http = HttpOrigin::start(&src).await;
+    let origin = pb::Origin {
+        // Slow the origin so the victim is caught mid-way.
+        ..http_origin(&http.url)
+    };
+    let files = list(&origin).await;
+    let mut agents = spawn_agents(&tmp.path().join("nodes"), 4);
+    let mut a = plan(&agents, 4, files, MIB, origin, 1).await;
+    a.limits = Some(pb::Limits {
+        origin_bytes_per_second: 40 * MIB,
+        ..Default::default()
+    });
+    apply_all(&agents, &a).await;
+
+    let victim = 3;
+    let before = loop {
+        let p = progress(&agents[victim]).await.unwrap();
+        if p.chunks_verified * 2 >= p.chunks_total {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    agents[victim].kill9();
+    agents[victim].start();
+    // Once recovery is done, what it holds beyond what this process
+    // fetched is what survived the kill.
+    let recovered = loop {
+        if let Some(p) = progress(&agents[victim]).await
+            && p.state != pb::DatasetState::Pending as i32
+        {
+            break p.bytes_verified - p.bytes_from_origin - p.bytes_from_peers;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        recovered >= before.bytes_verified,
+        "recovered {recovered} of the {} verified before the kill",
+        before.bytes_verified
+    );
+    let progress = wait_ready(&agents, &a.revision, Duration::from_secs(300)).await;
+    for agent in &agents {
+        assert_same_tree(&expected, &agent.dataset_dir("ml", "weights"));
+    }
+    let v = &progress[victim];
+    let fetched = v.bytes_from_origin + v.bytes_from_peers;
+    let remaining = total - recovered;
+    // At most one chunk per request that was in flight when it died: the
+    // request depth per peer (8 MiB / 1 MiB chunks) times its 3 peers.
+    let allowance = 8 * 3 * MIB;
+    println!(
+        "victim: verified {} before the kill, {} recovered, fetched {fetched} after restart for {remaining} remaining",
+        before.bytes_verified, recovered
+    );
+    assert!(
+        fetched <= remaining + allowance,
+        "fetched {fetched} > remaining {remaining} + {allowance}"
+    );
+}
+
+/// Acceptance 4: a peer that serves corrupted bytes is dropped; nothing
+/// corrupted is ever published; the others complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_serving_corrupted_bytes_is_dropped_and_nothing_bad_is_published() {
+    let tmp = workdir();
+    let src = tmp.path().join("origin");
+    generate(&src, &[48 * MIB], 100, 4);
+    let expected = tree(&src);
+    let http = HttpOrigin::start(&src).await;
+    let origin = http_origin(&http.url);
+    let files = list(&origin).await;
+    let base = tmp.path().join("nodes");
+    let mut agents = spawn_agents(&base, 3);
+    agents.push(AgentProc::spawn(
+        &base,
+        "node-bad",
+        &[("SWARMSEED_TEST_FAULT_CORRUPT_SERVING", "true")],
+    ));
+    // The bad node is one of the origin fetchers: its chunks must still
+    // reach everyone (from the origin, once it is dropped).
+    let a = plan(&agents, 4, files, MIB, origin, 1).await;
+    apply_all(&agents, &a).await;
+    wait_ready(&agents, &a.revision, Duration::from_secs(300)).await;
+    for agent in &agents[..3] {
+        assert_same_tree(&expected, &agent.dataset_dir("ml", "weights"));
+        let metrics = agent.metrics().await;
+        assert!(
+            metrics.contains("swarmseed_agent_peers_dropped_total{reason=\"bad_data\"} 1"),
+            "{} did not drop the bad peer:\n{metrics}",
+            agent.name
+        );
+    }
+}
+
+/// Acceptance 5: unsafe names are refused with an error naming the path;
+/// nothing is created outside the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_listed_paths_are_refused_and_nothing_is_written_outside_the_root() {
+    let tmp = workdir();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let agents = spawn_agents(&tmp.path().join("nodes"), 1);
+    let agent = &agents[0];
+    let mut client = agent.client().await;
+    let entry = |p: &str| pb::FileEntry {
+        path: p.into(),
+        size: 10,
+        etag: "e".into(),
+        ..Default::default()
+    };
+    let assignment = |files: Vec<pb::FileEntry>, revision: String| pb::Assignment {
+        dataset: Some(pb::DatasetRef {
+            namespace: "ml".into(),
+            name: "bad".into(),
+        }),
+        revision,
+        chunk_size: MIB,
+        files,
+        origin: Some(http_origin("http://127.0.0.1:9/")),
+        peer_token: vec![1; 32],
+        ..Default::default()
+    };
+    for bad in [
+        "/etc/passwd",
+        "../outside/x",
+        "a/../../x",
+        "./a",
+        "a/./b",
+        "a//b",
+        "a/",
+        "",
+        "a\0b",
+        "a\\b",
+        "..",
+    ] {
+        let err = client
+            .apply_assignment(assignment(vec![entry(bad)], "0".repeat(64)))
+            .await
+            .expect_err(bad);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}: {err}");
+        assert!(
+            err.message().contains(&format!("{bad:?}")),
+            "{bad:?} not named in: {}",
+            err.message()
+        );
+    }
+    // A symlink planted on the disk where a listed directory would go.
+    let files = vec![entry("d/f")];
+    let layout = swarmseed_proto::ChunkLayout::new(files.clone(), MIB).unwrap();
+    let staging = agent
+        .root
+        .join("staging/ml/bad")
+        .join(layout.revision().short());
+    std::fs::create_dir_all(&staging).unwrap();
+    std::os::unix::fs::symlink(&outside, staging.join("d")).unwrap();
+    let err = client
+        .apply_assignment(assignment(files, layout.revision().to_hex()))
+        .await
+        .expect_err("symlink");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("\"d/f\""), "{}", err.message());
+
+    // Nothing was created outside the root.
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    let mut top: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["nodes", "outside"]);
+}
+
+/// Acceptance 6: the same assignment twice moves nothing; a revision with
+/// 10 % of the chunks changed moves at most 12 % of the bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reapplying_moves_nothing_and_a_new_revision_moves_only_what_changed() {
+    let tmp = workdir();
+    let src = tmp.path().join("origin");
+    let sizes = vec![4 * MIB; 40];
+    let total = generate(&src, &sizes, 0, 6);
+    let http = HttpOrigin::start(&src).await;
+    let origin = http_origin(&http.url);
+    let agents = spawn_agents(&tmp.path().join("nodes"), 4);
+    let a = plan(&agents, 4, list(&origin).await, MIB, origin.clone(), 1).await;
+    apply_all(&agents, &a).await;
+    let first = wait_ready(&agents, &a.revision, Duration::from_secs(300)).await;
+    let served = http.served();
+
+    let again = apply_all(&agents, &a).await;
+    assert!(
+        again.iter().all(|r| !r.changed),
+        "re-applying changed something"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = wait_ready(&agents, &a.revision, Duration::from_secs(10)).await;
+    assert_eq!(moved(&still), moved(&first), "bytes moved on re-apply");
+    assert_eq!(http.served(), served, "origin read on re-apply");
+
+    // Rewrite 4 of the 40 files (10 % of the chunks).
+    for i in [3, 17, 25, 38] {
+        write_random(
+            &src.join(format!("model-{i:05}.safetensors")),
+            4 * MIB,
+            1000 + i,
+        );
+    }
+    let expected = tree(&src);
+    let b = plan(&agents, 4, list(&origin).await, MIB, origin, 2).await;
+    assert_ne!(a.revision, b.revision);
+    apply_all(&agents, &b).await;
+    let second = wait_ready(&agents, &b.revision, Duration::from_secs(300)).await;
+    for agent in &agents {
+        assert_same_tree(&expected, &agent.dataset_dir("ml", "weights"));
+    }
+    let moved_now = moved(&second);
+    let origin_now = http.served() - served;
+    println!("delta: moved {moved_now} bytes over 4 nodes, origin {origin_now}, dataset {total}");
+    assert!(
+        moved_now as f64 <= 0.12 * 4.0 * total as f64,
+        "moved {moved_now}"
+    );
+    assert!(
+        origin_now as f64 <= 0.12 * total as f64,
+        "origin {origin_now}"
+    );
+}

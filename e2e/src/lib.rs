@@ -1,0 +1,51 @@
+//! swarmseed's test cluster.
+//!
+//! - [`cluster`]: N nodes as network namespaces on a bridge (or loopback
+//!   addresses without root), each with its own hostPath root and agent
+//!   process, `tc`-shaped links, and the Kubernetes API stand-in holding
+//!   the Node and agent Pod objects.
+//! - [`origin`]: an HTTP origin with ranges and nginx-style JSON listings,
+//!   moto's S3 behind a counting proxy, and deterministic datasets with
+//!   tree comparison.
+//! - [`netbench`]: TCP throughput between nodes.
+//!
+//! The `e2e` binary exposes the same pieces as subcommands.
+
+pub mod apiserver;
+pub mod cluster;
+pub mod cmd;
+pub mod error;
+pub mod kube_objects;
+pub mod naming;
+pub mod netbench;
+pub mod netns;
+pub mod origin;
+pub mod process;
+pub mod stub_agent;
+
+/// Selects rustls' process-wide crypto provider (idempotent). Needed
+/// because kube enables rustls' `ring` backend and object_store's reqwest
+/// enables `aws-lc-rs`: with both compiled in, rustls refuses to guess, and
+/// the first TLS-capable client panics.
+pub fn init_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Binds a TCP listener and reports the address it got (port 0: any).
+pub(crate) async fn bind_tcp(
+    addr: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::network(format!("bind {addr}"), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::network(format!("local address of {addr}"), e))?;
+    Ok((listener, local))
+}
+
+pub use cluster::{
+    Cluster, ClusterNode, ClusterSpec, NetworkMode, NodeSpec, Placement, RemoteHttpOrigin,
+};
+pub use error::{Error, Result};
+pub use kube_objects::AgentPorts;

@@ -1,0 +1,88 @@
+//! A stand-in for the swarmseed agent with the same command line: binds
+//! the control and peer ports (accepting and closing connections) and
+//! serves `/livez`, `/readyz` and `/metrics` on the admin port. It lets the
+//! cluster launcher be tested without the real agent (`e2e stub-agent`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::error::{Error, Result};
+
+/// The agent's flags (see the agent's `--help`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StubAgentArgs {
+    #[arg(long, env = "SWARMSEED_NODE_NAME")]
+    pub node_name: String,
+    #[arg(long, env = "SWARMSEED_ROOT")]
+    pub root: PathBuf,
+    #[arg(long, env = "SWARMSEED_CONTROL_LISTEN")]
+    pub control_listen: SocketAddr,
+    #[arg(long, env = "SWARMSEED_PEER_LISTEN")]
+    pub peer_listen: SocketAddr,
+    #[arg(long, env = "SWARMSEED_ADMIN_LISTEN")]
+    pub admin_listen: SocketAddr,
+    #[arg(long, env = "SWARMSEED_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<std::net::IpAddr>,
+    #[arg(long, env = "SWARMSEED_CONTROL_TOKEN_FILE")]
+    pub control_token_file: Option<PathBuf>,
+    /// Answer /readyz with 503 for this long after start.
+    #[arg(long, env = "STUB_AGENT_READY_AFTER", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub ready_after: Duration,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    Ok(crate::bind_tcp(addr).await?.0)
+}
+
+/// Runs until killed.
+pub async fn run(args: StubAgentArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.root).map_err(|e| Error::io("create root", &args.root, e))?;
+    let control = bind(args.control_listen).await?;
+    let peer = bind(args.peer_listen).await?;
+    let admin = bind(args.admin_listen).await?;
+    for l in [control, peer] {
+        tokio::spawn(async move {
+            // Accept and drop: enough for "is the port open" checks.
+            while let Ok((s, _)) = l.accept().await {
+                drop(s);
+            }
+        });
+    }
+    let started = tokio::time::Instant::now();
+    let ready_after = args.ready_after;
+    let node = args.node_name.clone();
+    let app =
+        Router::new()
+            .route("/livez", get(|| async { "ok\n" }))
+            .route(
+                "/readyz",
+                get(move || async move {
+                    if started.elapsed() >= ready_after {
+                        (axum::http::StatusCode::OK, "ok\n")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                    }
+                }),
+            )
+            .route(
+                "/metrics",
+                get(move || {
+                    let node = node.clone();
+                    async move {
+                        format!("# stub agent\nswarmseed_stub_agent_up{{node=\"{node}\"}} 1\n")
+                    }
+                }),
+            );
+    eprintln!(
+        "stub agent {} serving admin on {}",
+        args.node_name, args.admin_listen
+    );
+    axum::serve(admin, app)
+        .await
+        .map_err(|e| Error::network("stub agent admin", e))
+}
