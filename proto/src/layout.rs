@@ -141,7 +141,10 @@ impl ChunkLayout {
         let mut pack: Option<(u32, u64)> = None;
         let close = |pack: &mut Option<(u32, u64)>, chunks: &mut Vec<Chunk>, end: u32| {
             if let Some((start, len)) = pack.take() {
-                chunks.push(Chunk { len, segments: start..end });
+                chunks.push(Chunk {
+                    len,
+                    segments: start..end,
+                });
             }
         };
         let mut total_bytes = 0u64;
@@ -157,8 +160,15 @@ impl ChunkLayout {
                 while offset < f.size {
                     let len = chunk_size.min(f.size - offset);
                     let s = segments.len() as u32;
-                    segments.push(Segment { file, file_offset: offset, len });
-                    chunks.push(Chunk { len, segments: s..s + 1 });
+                    segments.push(Segment {
+                        file,
+                        file_offset: offset,
+                        len,
+                    });
+                    chunks.push(Chunk {
+                        len,
+                        segments: s..s + 1,
+                    });
                     offset += len;
                 }
             } else {
@@ -166,7 +176,11 @@ impl ChunkLayout {
                     close(&mut pack, &mut chunks, segments.len() as u32);
                 }
                 let s = segments.len() as u32;
-                segments.push(Segment { file, file_offset: 0, len: f.size });
+                segments.push(Segment {
+                    file,
+                    file_offset: 0,
+                    len: f.size,
+                });
                 let (_, len) = pack.get_or_insert((s, 0));
                 *len += f.size;
             }
@@ -177,7 +191,14 @@ impl ChunkLayout {
         close(&mut pack, &mut chunks, segments.len() as u32);
 
         let revision = revision_id(&files, chunk_size);
-        Ok(Self { chunk_size, files, chunks, segments, revision, total_bytes })
+        Ok(Self {
+            chunk_size,
+            files,
+            chunks,
+            segments,
+            revision,
+            total_bytes,
+        })
     }
 
     pub fn chunk_size(&self) -> u64 {
@@ -219,7 +240,10 @@ impl ChunkLayout {
 
     /// Total bytes of the chunks in `range`.
     pub fn bytes_in(&self, range: Range<u32>) -> u64 {
-        self.chunks[range.start as usize..range.end as usize].iter().map(|c| c.len).sum()
+        self.chunks[range.start as usize..range.end as usize]
+            .iter()
+            .map(|c| c.len)
+            .sum()
     }
 }
 
@@ -249,7 +273,11 @@ mod tests {
     const MIB: u64 = 1024 * 1024;
 
     fn file(path: &str, size: u64) -> FileEntry {
-        FileEntry { path: path.into(), size, ..Default::default() }
+        FileEntry {
+            path: path.into(),
+            size,
+            ..Default::default()
+        }
     }
 
     fn covered(layout: &ChunkLayout) -> Vec<u64> {
@@ -281,7 +309,10 @@ mod tests {
         let l = ChunkLayout::new(files.clone(), MIB).unwrap();
         let lens: Vec<u64> = l.chunks().iter().map(|c| c.len).collect();
         assert_eq!(lens, vec![MIB, MIB, 10, 900 * KIB, 300 * KIB, MIB]);
-        assert_eq!(covered(&l), files.iter().map(|f| f.size).collect::<Vec<_>>());
+        assert_eq!(
+            covered(&l),
+            files.iter().map(|f| f.size).collect::<Vec<_>>()
+        );
         assert_eq!(l.total_bytes(), 2 * MIB + 10 + 1200 * KIB + MIB);
         assert_eq!(l.segments(3).len(), 3, "three small files share a chunk");
     }
@@ -303,7 +334,10 @@ mod tests {
         let l3 = ChunkLayout::new(vec![file("x", 1)], 2 * MIB).unwrap();
         assert_eq!(l1.revision(), l2.revision());
         assert_ne!(l1.revision(), l3.revision());
-        assert_eq!(RevisionId::from_hex(&l1.revision().to_hex()), Some(l1.revision()));
+        assert_eq!(
+            RevisionId::from_hex(&l1.revision().to_hex()),
+            Some(l1.revision())
+        );
     }
 
     #[test]

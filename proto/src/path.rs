@@ -114,7 +114,13 @@ mod tests {
 
     #[test]
     fn accepts_plain_relative_paths() {
-        for p in ["a", "a/b", "model-00001-of-00002.safetensors", "x/.hidden", "a/b..c"] {
+        for p in [
+            "a",
+            "a/b",
+            "model-00001-of-00002.safetensors",
+            "x/.hidden",
+            "a/b..c",
+        ] {
             assert_eq!(validate_path(p), Ok(()), "{p}");
         }
     }
@@ -137,7 +143,10 @@ mod tests {
             let err = validate_path(p).expect_err(p);
             let msg = err.to_string();
             assert!(msg.contains(what), "{p:?}: {msg}");
-            assert!(msg.contains(&format!("{p:?}")), "message names the path: {msg}");
+            assert!(
+                msg.contains(&format!("{p:?}")),
+                "message names the path: {msg}"
+            );
             assert_eq!(err.path(), p);
         }
     }
