@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use swarmseed_proto::pb::{self, DatasetState};
 use swarmseed_proto::{ChunkDigest, ChunkLayout, ContentDigest, RevisionId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -125,6 +124,9 @@ impl SessionError {
         }
     }
 }
+
+/// Chunks of one peer session being verified at once.
+const VERIFY_SLOTS: usize = 3;
 
 enum SessionEvent {
     Resolved,
@@ -783,14 +785,17 @@ impl Transfer {
     }
 
     async fn read_loop(
-        &self,
+        self: &Arc<Self>,
         mut rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
         peer_has: &Mutex<ChunkSet>,
-        outstanding: &Mutex<HashSet<u32>>,
+        outstanding: &Arc<Mutex<HashSet<u32>>>,
         events: &mpsc::Sender<SessionEvent>,
     ) -> Result<(), SessionError> {
         let rev = self.revision();
-        let mut buf = BytesMut::new();
+        // Chunks received but not yet verified, and their reusable buffers:
+        // bounds memory to VERIFY_SLOTS chunks per peer.
+        let verify_slots = Arc::new(tokio::sync::Semaphore::new(VERIFY_SLOTS));
+        let pool: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
         loop {
             let (kind, len) = wire::read_header(&mut rd).await?;
             match kind {
@@ -839,36 +844,30 @@ impl Transfer {
                     if !lock(outstanding).contains(&index) {
                         return Err(SessionError::Protocol(format!("unrequested PIECE {index}")));
                     }
-                    // Read and hash in slices, while the bytes are in cache.
-                    buf.clear();
+                    // Receive here; hash and write on a blocking thread, so
+                    // the next chunk arrives while this one is verified.
+                    let permit = verify_slots
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| SessionError::Protocol("session closing".into()))?;
+                    let mut buf = lock(&pool).pop().unwrap_or_default();
                     buf.resize(data_len as usize, 0);
-                    let mut hasher = blake3::Hasher::new();
-                    let mut at = 0usize;
-                    while at < buf.len() {
-                        let end = (at + 256 * 1024).min(buf.len());
-                        let n = rd.read(&mut buf[at..end]).await?;
-                        if n == 0 {
-                            return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-                        }
-                        hasher.update(&buf[at..at + n]);
-                        at += n;
-                    }
-                    let digest = ChunkDigest::from(hasher.finalize());
-                    let record = {
-                        let board = lock(&self.board);
-                        if board.expected(index) != Some(digest) {
-                            return Err(SessionError::BadData(index));
-                        }
-                        board.record(index).copied()
-                    };
-                    lock(outstanding).remove(&index);
-                    if record.is_none() {
-                        self.accept_peer_chunk(index, digest, &buf)?;
-                    } else {
-                        // Endgame duplicate: already have it.
-                        lock(&self.board).abandon(index);
-                    }
-                    let _ = events.send(SessionEvent::Resolved).await;
+                    rd.read_exact(&mut buf).await?;
+                    let this = self.clone();
+                    let outstanding = outstanding.clone();
+                    let events = events.clone();
+                    let pool = pool.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let result = this.verify_peer_chunk(index, &buf, &outstanding);
+                        lock(&pool).push(buf);
+                        drop(permit);
+                        let event = match result {
+                            Ok(()) => SessionEvent::Resolved,
+                            Err(e) => SessionEvent::Closed(Err(e)),
+                        };
+                        let _ = events.blocking_send(event);
+                    });
                 }
                 wire::REJECT => {
                     let p = wire::read_control(&mut rd, len).await?;
@@ -892,6 +891,32 @@ impl Transfer {
     }
 
     /// Writes a chunk that matched its attested digest and announces it.
+    /// Hashes a received chunk; writes and announces it if it matches the
+    /// attested digest.
+    fn verify_peer_chunk(
+        &self,
+        index: u32,
+        data: &[u8],
+        outstanding: &Mutex<HashSet<u32>>,
+    ) -> Result<(), SessionError> {
+        let digest = ChunkDigest::of(data);
+        let record = {
+            let board = lock(&self.board);
+            if board.expected(index) != Some(digest) {
+                return Err(SessionError::BadData(index));
+            }
+            board.record(index).copied()
+        };
+        lock(outstanding).remove(&index);
+        if record.is_none() {
+            self.accept_peer_chunk(index, digest, data)
+        } else {
+            // Endgame duplicate: already have it.
+            lock(&self.board).abandon(index);
+            Ok(())
+        }
+    }
+
     fn accept_peer_chunk(
         &self,
         index: u32,

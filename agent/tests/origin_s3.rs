@@ -84,6 +84,7 @@ impl Moto {
             .await
             .unwrap();
         assert!(response.status().is_success(), "{}", response.status());
+        swarmseed_agent::origin::install_crypto_provider();
         AmazonS3Builder::new()
             .with_endpoint(&self.endpoint)
             .with_allow_http(true)

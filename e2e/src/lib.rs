@@ -20,6 +20,7 @@ pub mod naming;
 pub mod netbench;
 pub mod netns;
 pub mod origin;
+pub mod peerbench;
 pub mod process;
 pub mod stub_agent;
 

@@ -39,6 +39,10 @@ enum Command {
     /// A stand-in for the agent with the same flags: opens its ports and
     /// answers /livez, /readyz and /metrics.
     StubAgent(stub_agent::StubAgentArgs),
+    /// Benchmark: one agent pulling a dataset from one peer over loopback,
+    /// against raw TCP on loopback in the same run (throughput, flush time,
+    /// peak RSS).
+    PeerBench(swarmseed_e2e::peerbench::PeerBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -198,6 +202,11 @@ async fn main() -> anyhow::Result<()> {
             }
         },
         Command::StubAgent(args) => stub_agent::run(args).await?,
+        Command::PeerBench(args) => {
+            let json = args.json;
+            let report = swarmseed_e2e::peerbench::run(args).await?;
+            swarmseed_e2e::peerbench::print(&report, json)?;
+        }
     }
     Ok(())
 }

@@ -94,6 +94,17 @@ use transfer::Budget;
 /// executables, so everything is read-only data.
 const LISTED_MODE: u32 = 0o444;
 
+/// Makes ring the process's TLS crypto provider (once). object_store's HTTP
+/// client is built without a provider of its own so that the process links
+/// only one (kube uses ring too); rustls then needs it installed.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only if another provider was installed first: that one is used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Limits of one [`OriginClient`].
 #[derive(Debug, Clone)]
 pub struct OriginOptions {
@@ -155,6 +166,7 @@ impl OriginClient {
     /// Checks the URI and settings and builds the client. No request is
     /// made here.
     pub fn new(origin: &Origin, options: OriginOptions) -> Result<Self, OriginError> {
+        install_crypto_provider();
         let parsed = OriginUri::parse(&origin.uri)?;
         let backend = match parsed {
             OriginUri::Http { url, directory } => {

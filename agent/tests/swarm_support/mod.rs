@@ -650,6 +650,7 @@ impl S3Origin {
             .await
             .unwrap();
         assert!(r.status().is_success(), "create bucket: {}", r.status());
+        swarmseed_agent::origin::install_crypto_provider();
         let store = object_store::aws::AmazonS3Builder::new()
             .with_endpoint(&self.endpoint)
             .with_allow_http(true)

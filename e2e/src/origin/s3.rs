@@ -269,6 +269,7 @@ fn http_client() -> Result<reqwest::Client> {
 /// HTTP, the test credentials, bounded timeouts and retries).
 pub fn s3_store(endpoint: &str, bucket: &str) -> Result<AmazonS3> {
     crate::init_crypto();
+    crate::init_crypto();
     Ok(AmazonS3Builder::new()
         .with_endpoint(endpoint)
         .with_allow_http(true)
