@@ -1,1 +1,19 @@
-//! placeholder
+//! The swarmseed operator: the `Dataset` API and the pure planning and
+//! status logic the reconciler drives.
+//!
+//! Module order follows the data: [`crd`] (what users write) →
+//! [`plan`] (which agents fetch which chunks from the origin, who peers with
+//! whom) → [`status`] (what users read) and [`node_label`] (how pods find
+//! nodes holding a copy).
+
+pub mod agents;
+pub mod assignment;
+pub mod controller;
+pub mod crd;
+pub mod node_label;
+pub mod plan;
+pub mod quantity;
+pub mod selector;
+pub mod status;
+
+pub use crd::{Dataset, DatasetSpec, DatasetStatus};

@@ -150,7 +150,11 @@ pub(crate) fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
             }
             "test" => {
                 let want = value()?;
-                if doc.pointer(path) != Some(&want) {
+                // As the real server's json-patch library does, a missing
+                // member tests equal to null (kube-runtime's finalizer()
+                // relies on it when adding the first finalizer).
+                let got = doc.pointer(path).unwrap_or(&Value::Null);
+                if *got != want {
                     return Err(format!("testing value {path} failed"));
                 }
             }

@@ -1,0 +1,615 @@
+//! Which agents read which chunks from the origin, and who peers with whom.
+//!
+//! Pure: no kube, no network. The reconciler feeds it the revision's chunk
+//! layout, the agents on the selected nodes and the plan it sent last time,
+//! and sends the result to every agent.
+//!
+//! Rules:
+//! - at most `maxFetchers` agents read from the origin, each a set of
+//!   contiguous chunk ranges; the ranges are disjoint and cover every chunk,
+//!   so each byte leaves the origin about once;
+//! - a plan that still fits is kept as it is (same generation), so sending
+//!   it again is a no-op for the agents;
+//! - when a fetcher goes away, only its ranges move (to replacement
+//!   fetchers, else to the surviving ones) and the generation is bumped;
+//!   surviving fetchers keep what they already fetch;
+//! - ranges are balanced by bytes, not by chunk count (packed small-file
+//!   chunks and a file's last chunk are shorter);
+//! - each agent gets a bounded peer set: every fetcher plus others chosen
+//!   by a hash of the pair, so the choice is stable and spread evenly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+
+use swarmseed_proto::ChunkLayout;
+use swarmseed_proto::pb;
+
+/// Peers per agent (besides the fetchers, which every agent gets).
+pub const DEFAULT_MAX_PEERS: usize = 16;
+
+/// An agent on a selected node, as found from its Pod and its GetStatus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub node_name: String,
+    pub pod_ip: String,
+    pub control_port: u16,
+    /// host:port of its peer data server.
+    pub peer_address: String,
+    /// Ed25519 public key (32 bytes).
+    pub public_key: Vec<u8>,
+    /// The Pod is ready and GetStatus answered.
+    pub ready: bool,
+}
+
+impl AgentInfo {
+    fn usable(&self) -> bool {
+        self.ready && !self.peer_address.is_empty() && self.public_key.len() == 32
+    }
+}
+
+/// An agent that reads from the origin, and the chunks it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetcher {
+    pub node_name: String,
+    pub public_key: Vec<u8>,
+    /// Disjoint, non-empty, in increasing order.
+    pub ranges: Vec<Range<u32>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Bumped whenever the plan for the same revision changes.
+    pub generation: u64,
+    /// The revision (hex) the ranges refer to.
+    pub revision: String,
+    pub chunk_count: u32,
+    pub fetchers: Vec<Fetcher>,
+    /// The peers of each agent, by node name.
+    pub peers: BTreeMap<String, Vec<pb::Peer>>,
+}
+
+impl Plan {
+    /// The fetchers in wire form.
+    pub fn fetchers_pb(&self) -> Vec<pb::OriginFetcher> {
+        self.fetchers
+            .iter()
+            .map(|f| pb::OriginFetcher {
+                node_name: f.node_name.clone(),
+                public_key: f.public_key.clone(),
+                ranges: f
+                    .ranges
+                    .iter()
+                    .map(|r| pb::ChunkRange {
+                        start: r.start,
+                        end: r.end,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The peers of `node` (empty when the node is not in the plan).
+    pub fn peers_of(&self, node: &str) -> &[pb::Peer] {
+        self.peers.get(node).map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("no ready agent on the selected nodes")]
+    NoReadyAgents,
+}
+
+impl PlanError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NoReadyAgents => "no_ready_agents",
+        }
+    }
+}
+
+pub struct PlanInput<'a> {
+    pub layout: &'a ChunkLayout,
+    /// Agents on the selected nodes (unready ones are ignored).
+    pub agents: &'a [AgentInfo],
+    pub previous: Option<&'a Plan>,
+    pub max_fetchers: u32,
+    pub max_peers: usize,
+}
+
+/// Plans one revision.
+pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
+    let layout = input.layout;
+    let revision = layout.revision().to_hex();
+    let chunk_count = layout.chunk_count();
+    let live: BTreeMap<&str, &AgentInfo> = input
+        .agents
+        .iter()
+        .filter(|a| a.usable())
+        .map(|a| (a.node_name.as_str(), a))
+        .collect();
+    if live.is_empty() {
+        return Err(PlanError::NoReadyAgents);
+    }
+    let k = (input.max_fetchers.max(1) as usize).min(live.len());
+
+    // Fetchers of the previous plan that are still alive with the same key
+    // keep their role (and, for the same revision, their ranges).
+    let previous = input.previous;
+    let same_revision =
+        previous.is_some_and(|p| p.revision == revision && p.chunk_count == chunk_count);
+    let alive = |f: &Fetcher| {
+        live.get(f.node_name.as_str())
+            .is_some_and(|a| a.public_key == f.public_key)
+    };
+    let mut kept: Vec<Fetcher> = previous
+        .map(|p| p.fetchers.iter().filter(|f| alive(f)).cloned().collect())
+        .unwrap_or_default();
+    kept.truncate(k);
+
+    // New fetchers, spread over nodes by a hash of (revision, node) so that
+    // different datasets pick different nodes.
+    let taken: BTreeSet<&str> = kept.iter().map(|f| f.node_name.as_str()).collect();
+    let mut fresh: Vec<&AgentInfo> = live
+        .values()
+        .copied()
+        .filter(|a| !taken.contains(a.node_name.as_str()))
+        .collect();
+    fresh.sort_by_key(|a| {
+        (
+            score(&[revision.as_bytes(), a.node_name.as_bytes()]),
+            a.node_name.clone(),
+        )
+    });
+    fresh.truncate(k - kept.len());
+    let mut fresh: Vec<Fetcher> = fresh
+        .into_iter()
+        .map(|a| Fetcher {
+            node_name: a.node_name.clone(),
+            public_key: a.public_key.clone(),
+            ranges: Vec::new(),
+        })
+        .collect();
+
+    let mut fetchers = if !same_revision || (kept.len() < k && orphans(previous, &kept).is_empty())
+    {
+        // New revision, or more fetchers allowed: balance everything anew
+        // (kept fetchers first, so they keep the leading share).
+        let mut all = kept;
+        all.append(&mut fresh);
+        for f in &mut all {
+            f.ranges.clear();
+        }
+        let parts = split(layout, std::slice::from_ref(&(0..chunk_count)), all.len());
+        for (f, p) in all.iter_mut().zip(parts) {
+            f.ranges = p;
+        }
+        all
+    } else {
+        // Same revision: only the ranges nobody holds any more move.
+        let orphaned = orphans(previous, &kept);
+        let receivers = if fresh.is_empty() {
+            &mut kept
+        } else {
+            &mut fresh
+        };
+        let parts = split(layout, &orphaned, receivers.len());
+        for (f, p) in receivers.iter_mut().zip(parts) {
+            f.ranges.extend(p);
+            f.ranges.sort_by_key(|r| r.start);
+            f.ranges = merge_adjacent(std::mem::take(&mut f.ranges));
+        }
+        kept.append(&mut fresh);
+        kept
+    };
+    fetchers.retain(|f| !f.ranges.is_empty());
+
+    let peers = peer_sets(&live, &fetchers, input.max_peers);
+    let generation = match previous {
+        Some(p) if same_revision && p.fetchers == fetchers && p.peers == peers => p.generation,
+        Some(p) => p.generation + 1,
+        None => 1,
+    };
+    Ok(Plan {
+        generation,
+        revision,
+        chunk_count,
+        fetchers,
+        peers,
+    })
+}
+
+/// The chunk ranges of `previous` that none of `kept` covers.
+fn orphans(previous: Option<&Plan>, kept: &[Fetcher]) -> Vec<Range<u32>> {
+    let Some(p) = previous else { return Vec::new() };
+    let kept: BTreeSet<&str> = kept.iter().map(|f| f.node_name.as_str()).collect();
+    let mut out: Vec<Range<u32>> = p
+        .fetchers
+        .iter()
+        .filter(|f| !kept.contains(f.node_name.as_str()))
+        .flat_map(|f| f.ranges.iter().cloned())
+        .collect();
+    out.sort_by_key(|r| r.start);
+    merge_adjacent(out)
+}
+
+fn merge_adjacent(ranges: Vec<Range<u32>>) -> Vec<Range<u32>> {
+    let mut out: Vec<Range<u32>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// Splits the chunks of `ranges` into `parts` groups of contiguous ranges,
+/// in order, with about equal bytes each. A group may be empty when there
+/// are fewer chunks than parts.
+fn split(layout: &ChunkLayout, ranges: &[Range<u32>], parts: usize) -> Vec<Vec<Range<u32>>> {
+    let mut out = vec![Vec::new(); parts];
+    if parts == 0 {
+        return out;
+    }
+    let total: u64 = ranges.iter().map(|r| layout.bytes_in(r.clone())).sum();
+    let chunks: u64 = ranges.iter().map(|r| u64::from(r.end - r.start)).sum();
+    // Zero-length chunks cannot exist, but weigh by count if bytes are 0.
+    let weight = |i: u32| if total == 0 { 1 } else { layout.chunk_len(i) };
+    let total = if total == 0 { chunks } else { total };
+    let mut part = 0usize;
+    let mut done = 0u64;
+    for r in ranges {
+        let mut start = r.start;
+        for i in r.clone() {
+            // Chunk i goes to the part whose share contains its midpoint.
+            let w = weight(i);
+            let mid = done * 2 + w;
+            let target = ((mid as u128 * parts as u128) / (total as u128 * 2)) as usize;
+            let target = target.min(parts - 1);
+            if target != part {
+                if i > start {
+                    out[part].push(start..i);
+                }
+                start = i;
+                part = target;
+            }
+            done += w;
+        }
+        if r.end > start {
+            out[part].push(start..r.end);
+        }
+    }
+    out
+}
+
+/// A stable pseudo-random rank.
+fn score(parts: &[&[u8]]) -> u64 {
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let b = h.finalize();
+    u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or_default())
+}
+
+fn peer_sets(
+    live: &BTreeMap<&str, &AgentInfo>,
+    fetchers: &[Fetcher],
+    max_peers: usize,
+) -> BTreeMap<String, Vec<pb::Peer>> {
+    let is_fetcher: BTreeSet<&str> = fetchers.iter().map(|f| f.node_name.as_str()).collect();
+    let peer = |a: &AgentInfo| pb::Peer {
+        node_name: a.node_name.clone(),
+        address: a.peer_address.clone(),
+    };
+    let mut out = BTreeMap::new();
+    for (&node, _) in live.iter() {
+        let mut chosen: Vec<&AgentInfo> = live
+            .iter()
+            .filter(|(n, _)| **n != node && is_fetcher.contains(*n))
+            .map(|(_, a)| *a)
+            .collect();
+        // The pair score is symmetric, so a choice tends to be mutual.
+        let mut others: Vec<(u64, &AgentInfo)> = live
+            .iter()
+            .filter(|(n, _)| **n != node && !is_fetcher.contains(*n))
+            .map(|(n, a)| {
+                let (x, y) = if node < *n { (node, *n) } else { (*n, node) };
+                (score(&[x.as_bytes(), y.as_bytes()]), *a)
+            })
+            .collect();
+        others.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| a.1.node_name.cmp(&b.1.node_name))
+        });
+        let room = max_peers.saturating_sub(chosen.len());
+        chosen.extend(others.into_iter().take(room).map(|(_, a)| a));
+        chosen.sort_by(|a, b| a.node_name.cmp(&b.node_name));
+        out.insert(node.to_owned(), chosen.into_iter().map(peer).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn agent(i: usize) -> AgentInfo {
+        AgentInfo {
+            node_name: format!("node-{i:03}"),
+            pod_ip: format!("10.0.0.{i}"),
+            control_port: 7400,
+            peer_address: format!("10.0.0.{i}:7401"),
+            public_key: vec![i as u8; 32],
+            ready: true,
+        }
+    }
+
+    fn layout(files: &[u64]) -> ChunkLayout {
+        let files = files
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| pb::FileEntry {
+                path: format!("f{i:04}"),
+                size,
+                ..Default::default()
+            })
+            .collect();
+        ChunkLayout::new(files, MIB).unwrap()
+    }
+
+    fn input<'a>(
+        l: &'a ChunkLayout,
+        agents: &'a [AgentInfo],
+        prev: Option<&'a Plan>,
+        k: u32,
+    ) -> PlanInput<'a> {
+        PlanInput {
+            layout: l,
+            agents,
+            previous: prev,
+            max_fetchers: k,
+            max_peers: DEFAULT_MAX_PEERS,
+        }
+    }
+
+    /// Every chunk in exactly one range, ranges non-empty.
+    fn assert_partition(p: &Plan) {
+        let mut all: Vec<Range<u32>> = p.fetchers.iter().flat_map(|f| f.ranges.clone()).collect();
+        assert!(all.iter().all(|r| r.start < r.end), "{all:?}");
+        all.sort_by_key(|r| r.start);
+        let mut next = 0;
+        for r in &all {
+            assert_eq!(r.start, next, "gap or overlap in {all:?}");
+            next = r.end;
+        }
+        assert_eq!(next, p.chunk_count, "every chunk covered: {all:?}");
+    }
+
+    fn bytes_of(l: &ChunkLayout, f: &Fetcher) -> u64 {
+        f.ranges.iter().map(|r| l.bytes_in(r.clone())).sum()
+    }
+
+    #[test]
+    fn fetchers_split_the_chunks_by_bytes() {
+        // 100 chunks of 1 MiB plus 100 tiny files packed in one chunk.
+        let mut sizes = vec![100 * MIB];
+        sizes.extend(std::iter::repeat_n(100, 100));
+        let l = layout(&sizes);
+        let agents: Vec<_> = (0..10).map(agent).collect();
+        let p = plan(&input(&l, &agents, None, 4)).unwrap();
+        assert_eq!(p.generation, 1);
+        assert_eq!(p.fetchers.len(), 4);
+        assert_partition(&p);
+        for f in &p.fetchers {
+            let b = bytes_of(&l, f);
+            assert!(
+                b.abs_diff(l.total_bytes() / 4) <= MIB,
+                "{} has {b} bytes",
+                f.node_name
+            );
+        }
+    }
+
+    #[test]
+    fn the_same_inputs_give_the_same_plan_and_generation() {
+        let l = layout(&[64 * MIB]);
+        let agents: Vec<_> = (0..8).map(agent).collect();
+        let p1 = plan(&input(&l, &agents, None, 3)).unwrap();
+        let p2 = plan(&input(&l, &agents, Some(&p1), 3)).unwrap();
+        assert_eq!(p1, p2);
+        // Order of discovery does not matter.
+        let mut shuffled = agents.clone();
+        shuffled.reverse();
+        assert_eq!(plan(&input(&l, &shuffled, Some(&p1), 3)).unwrap(), p1);
+    }
+
+    #[test]
+    fn a_lost_fetcher_hands_only_its_ranges_to_a_replacement() {
+        let l = layout(&[64 * MIB]);
+        let agents: Vec<_> = (0..8).map(agent).collect();
+        let p1 = plan(&input(&l, &agents, None, 3)).unwrap();
+        let gone = p1.fetchers[1].clone();
+        let rest: Vec<_> = agents
+            .iter()
+            .filter(|a| a.node_name != gone.node_name)
+            .cloned()
+            .collect();
+        let p2 = plan(&input(&l, &rest, Some(&p1), 3)).unwrap();
+        assert_eq!(p2.generation, 2);
+        assert_partition(&p2);
+        assert_eq!(p2.fetchers.len(), 3);
+        for f in [&p1.fetchers[0], &p1.fetchers[2]] {
+            assert!(
+                p2.fetchers.contains(f),
+                "survivor {} keeps its ranges",
+                f.node_name
+            );
+        }
+        let replacement = p2
+            .fetchers
+            .iter()
+            .find(|f| !p1.fetchers.iter().any(|o| o.node_name == f.node_name))
+            .unwrap();
+        assert_eq!(replacement.ranges, gone.ranges);
+        assert!(!p2.peers.contains_key(&gone.node_name));
+    }
+
+    #[test]
+    fn without_a_replacement_the_survivors_share_the_orphaned_ranges() {
+        let l = layout(&[60 * MIB]);
+        let agents: Vec<_> = (0..3).map(agent).collect();
+        let p1 = plan(&input(&l, &agents, None, 3)).unwrap();
+        let gone = &p1.fetchers[0].node_name;
+        let rest: Vec<_> = agents
+            .iter()
+            .filter(|a| &a.node_name != gone)
+            .cloned()
+            .collect();
+        let p2 = plan(&input(&l, &rest, Some(&p1), 3)).unwrap();
+        assert_partition(&p2);
+        assert_eq!(p2.fetchers.len(), 2);
+        for f in &p2.fetchers {
+            assert_eq!(bytes_of(&l, f), 30 * MIB, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn an_unready_agent_or_a_new_key_counts_as_gone() {
+        let l = layout(&[16 * MIB]);
+        let mut agents: Vec<_> = (0..2).map(agent).collect();
+        let p1 = plan(&input(&l, &agents, None, 1)).unwrap();
+        let fetcher = p1.fetchers[0].node_name.clone();
+        let idx = agents.iter().position(|a| a.node_name == fetcher).unwrap();
+        agents[idx].public_key = vec![99; 32];
+        let p2 = plan(&input(&l, &agents, Some(&p1), 1)).unwrap();
+        assert_eq!(p2.generation, 2);
+        assert_eq!(p2.fetchers[0].public_key.len(), 32);
+        assert_ne!(p2.fetchers[0].public_key, p1.fetchers[0].public_key);
+        for a in &mut agents {
+            a.ready = false;
+        }
+        assert_eq!(
+            plan(&input(&l, &agents, Some(&p2), 1)),
+            Err(PlanError::NoReadyAgents)
+        );
+    }
+
+    #[test]
+    fn a_new_revision_rebalances_but_keeps_the_fetchers() {
+        let agents: Vec<_> = (0..10).map(agent).collect();
+        let l1 = layout(&[40 * MIB]);
+        let p1 = plan(&input(&l1, &agents, None, 2)).unwrap();
+        let l2 = layout(&[80 * MIB]);
+        let p2 = plan(&input(&l2, &agents, Some(&p1), 2)).unwrap();
+        assert_partition(&p2);
+        let names = |p: &Plan| {
+            p.fetchers
+                .iter()
+                .map(|f| f.node_name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&p1), names(&p2));
+        assert_eq!(p2.generation, 2);
+    }
+
+    #[test]
+    fn more_fetchers_allowed_means_a_rebalance() {
+        let l = layout(&[64 * MIB]);
+        let agents: Vec<_> = (0..10).map(agent).collect();
+        let p1 = plan(&input(&l, &agents, None, 2)).unwrap();
+        let p2 = plan(&input(&l, &agents, Some(&p1), 4)).unwrap();
+        assert_eq!(p2.fetchers.len(), 4);
+        assert_partition(&p2);
+        assert!(p2.fetchers.iter().all(|f| bytes_of(&l, f) == 16 * MIB));
+        let p3 = plan(&input(&l, &agents, Some(&p2), 1)).unwrap();
+        assert_eq!(p3.fetchers.len(), 1);
+        assert_eq!(p3.fetchers[0].node_name, p2.fetchers[0].node_name);
+        assert_partition(&p3);
+    }
+
+    #[test]
+    fn fewer_chunks_than_fetchers_and_empty_datasets() {
+        let agents: Vec<_> = (0..5).map(agent).collect();
+        let l = layout(&[2 * MIB]);
+        let p = plan(&input(&l, &agents, None, 4)).unwrap();
+        assert_eq!(p.fetchers.len(), 2);
+        assert_partition(&p);
+        let empty = layout(&[]);
+        let p = plan(&input(&empty, &agents, None, 4)).unwrap();
+        assert!(p.fetchers.is_empty());
+        assert_eq!(p.peers.len(), 5);
+    }
+
+    #[test]
+    fn peer_sets_are_bounded_and_always_include_the_fetchers() {
+        let l = layout(&[64 * MIB]);
+        let agents: Vec<_> = (0..200).map(agent).collect();
+        let p = plan(&input(&l, &agents, None, 4)).unwrap();
+        let fetchers: BTreeSet<&str> = p.fetchers.iter().map(|f| f.node_name.as_str()).collect();
+        let mut in_degree: BTreeMap<&str, usize> = BTreeMap::new();
+        for (node, peers) in &p.peers {
+            assert!(peers.len() <= DEFAULT_MAX_PEERS, "{node}: {}", peers.len());
+            assert!(
+                peers.iter().all(|x| &x.node_name != node),
+                "no self-peering"
+            );
+            for f in &fetchers {
+                if f != node {
+                    assert!(
+                        peers.iter().any(|x| x.node_name == *f),
+                        "{node} misses fetcher {f}"
+                    );
+                }
+            }
+            for x in peers {
+                *in_degree.entry(x.node_name.as_str()).or_default() += 1;
+            }
+        }
+        // Every node is somebody's peer (nobody is left out of the swarm).
+        assert_eq!(in_degree.len(), 200);
+    }
+
+    #[test]
+    fn property_random_clusters_always_get_a_partition() {
+        // A small deterministic generator keeps the test reproducible.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..200 {
+            let sizes: Vec<u64> = (0..1 + next(20)).map(|_| next(5 * MIB) + 1).collect();
+            let l = layout(&sizes);
+            let n = 1 + next(30) as usize;
+            let k = 1 + next(8) as u32;
+            let mut agents: Vec<_> = (0..n).map(agent).collect();
+            let mut prev = plan(&input(&l, &agents, None, k)).unwrap();
+            for _ in 0..5 {
+                if agents.len() > 1 {
+                    let victim = next(agents.len() as u64) as usize;
+                    agents.remove(victim);
+                }
+                let k = 1 + next(8) as u32;
+                let p = plan(&input(&l, &agents, Some(&prev), k)).unwrap();
+                assert_partition(&p);
+                assert!(p.fetchers.len() <= k as usize);
+                assert!(p.fetchers.len() <= agents.len());
+                assert!(p.generation >= prev.generation);
+                let live: BTreeSet<&str> = agents.iter().map(|a| a.node_name.as_str()).collect();
+                assert!(
+                    p.fetchers
+                        .iter()
+                        .all(|f| live.contains(f.node_name.as_str()))
+                );
+                prev = p;
+            }
+        }
+    }
+}

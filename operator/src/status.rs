@@ -1,0 +1,554 @@
+//! What a Dataset's status says, computed from what the agents report.
+//!
+//! Pure: the reconciler gathers each selected node's `DatasetProgress` (or
+//! why it could not), adds what it knows about the source, and writes the
+//! result only when [`needs_write`] says something changed, at most once
+//! per [`MIN_WRITE_INTERVAL`] per Dataset ([`write_delay`]).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use swarmseed_proto::ContentDigest;
+use swarmseed_proto::pb::{self, DatasetState};
+
+use crate::crd::{Dataset, DatasetStatus, FailedNode, MAX_FAILED_NODES, NodeCounts};
+use crate::node_label;
+use crate::quantity::human_bytes;
+
+/// Status writes per Dataset are at least this far apart.
+pub const MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+/// Machine-readable condition reasons.
+pub mod reason {
+    pub const READY: &str = "Ready";
+    pub const NOT_READY: &str = "NotReady";
+    pub const SEEDING: &str = "Seeding";
+    pub const COMPLETE: &str = "Complete";
+    pub const STALLED: &str = "Stalled";
+    pub const AS_EXPECTED: &str = "AsExpected";
+    pub const NO_MATCHING_NODES: &str = "NoMatchingNodes";
+    pub const SOURCE_UNAVAILABLE: &str = "SourceUnavailable";
+    pub const INVALID_SOURCE: &str = "InvalidSource";
+    pub const DIGEST_MISMATCH: &str = "DigestMismatch";
+    pub const INSUFFICIENT_STORAGE: &str = "InsufficientStorage";
+    pub const AGENT_UNREACHABLE: &str = "AgentUnreachable";
+    pub const UNSAFE_PATH: &str = "UnsafePath";
+    pub const NODE_FAILED: &str = "NodeFailed";
+}
+
+/// A problem of the whole Dataset, found by the operator itself (listing
+/// the source, validating the spec), before or besides any agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetProblem {
+    /// One of [`reason`]'s constants.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What one selected node said.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeReport {
+    /// The agent answered; `None` when it holds nothing of the Dataset yet.
+    Progress(Option<Box<pb::DatasetProgress>>),
+    /// The agent could not be asked (no ready Pod, call failed or timed
+    /// out): the message says which.
+    Unreachable(String),
+}
+
+/// The revision being held, from the source listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionInfo {
+    /// Hex revision id.
+    pub revision: String,
+    pub total_bytes: u64,
+    pub files: u64,
+    pub chunk_size: u64,
+}
+
+pub struct StatusInput<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub generation: Option<i64>,
+    /// Selected nodes and what each reported.
+    pub nodes: &'a BTreeMap<String, NodeReport>,
+    /// `None` until the source was listed.
+    pub revision: Option<&'a RevisionInfo>,
+    pub problem: Option<&'a DatasetProblem>,
+    pub previous: Option<&'a DatasetStatus>,
+    pub now: Time,
+}
+
+enum NodeState {
+    Ready,
+    Seeding,
+    Failed(FailedNode),
+}
+
+fn classify(node: &str, report: &NodeReport, revision: Option<&RevisionInfo>) -> NodeState {
+    let failed = |reason: &str, message: &str| {
+        NodeState::Failed(FailedNode {
+            node: node.to_owned(),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+        })
+    };
+    match report {
+        NodeReport::Unreachable(msg) => failed(reason::AGENT_UNREACHABLE, msg),
+        NodeReport::Progress(None) => NodeState::Seeding,
+        NodeReport::Progress(Some(p)) => {
+            let current = revision.is_some_and(|r| r.revision == p.revision);
+            match p.state() {
+                DatasetState::Failed => {
+                    let e = p.error.clone().unwrap_or_default();
+                    let reason = if e.reason.is_empty() {
+                        reason::NODE_FAILED
+                    } else {
+                        &e.reason
+                    };
+                    failed(reason, &e.message)
+                }
+                DatasetState::Ready if current && p.published_revision == p.revision => {
+                    NodeState::Ready
+                }
+                _ => NodeState::Seeding,
+            }
+        }
+    }
+}
+
+/// The status the Dataset should have.
+pub fn compute(input: &StatusInput<'_>) -> DatasetStatus {
+    let rev = input.revision;
+    let mut counts = NodeCounts {
+        desired: input.nodes.len() as u32,
+        ..Default::default()
+    };
+    let mut failed = Vec::new();
+    let (mut from_origin, mut from_peers) = (0u64, 0u64);
+    let mut content_digest = None;
+    for (node, report) in input.nodes {
+        match classify(node, report, rev) {
+            NodeState::Ready => counts.ready += 1,
+            NodeState::Seeding => counts.seeding += 1,
+            NodeState::Failed(f) => failed.push(f),
+        }
+        if let NodeReport::Progress(Some(p)) = report
+            && rev.is_some_and(|r| r.revision == p.revision)
+        {
+            from_origin += p.bytes_from_origin;
+            from_peers += p.bytes_from_peers;
+            if content_digest.is_none() {
+                content_digest =
+                    ContentDigest::from_slice(&p.content_digest).map(|d| d.to_string());
+            }
+        }
+    }
+    counts.failed = failed.len() as u32;
+    let total_failed = failed.len();
+
+    // The most frequent failure reason names the Dataset's problem; ties go
+    // to the first in reason order, so the choice is stable.
+    let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in &failed {
+        *by_reason.entry(f.reason.as_str()).or_default() += 1;
+    }
+    let dominant = by_reason
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+        .map(|(r, _)| *r);
+    let dominant_message = dominant
+        .and_then(|r| failed.iter().find(|f| f.reason == r))
+        .map(|f| format!("{} node(s) failed; {}: {}", total_failed, f.node, f.message));
+
+    let all = counts.desired;
+    let mut conditions: Vec<(&str, bool, String, String)> = Vec::new();
+    if let Some(p) = input.problem {
+        conditions.push((READY, false, p.reason.into(), p.message.clone()));
+        conditions.push((PROGRESSING, false, p.reason.into(), p.message.clone()));
+        conditions.push((DEGRADED, true, p.reason.into(), p.message.clone()));
+    } else if all == 0 {
+        let msg = "no node with a ready agent matches the node selector".to_owned();
+        conditions.push((READY, false, reason::NO_MATCHING_NODES.into(), msg.clone()));
+        conditions.push((PROGRESSING, false, reason::NO_MATCHING_NODES.into(), msg));
+        conditions.push((DEGRADED, false, reason::AS_EXPECTED.into(), String::new()));
+    } else {
+        let rev_text = rev.map(|r| short(&r.revision)).unwrap_or_default();
+        if counts.ready == all {
+            conditions.push((
+                READY,
+                true,
+                reason::READY.into(),
+                format!("{all}/{all} nodes hold a verified copy of revision {rev_text}"),
+            ));
+        } else {
+            let why = dominant.unwrap_or(reason::NOT_READY);
+            let msg = format!(
+                "{}/{} nodes ready, {} seeding, {} failed",
+                counts.ready, all, counts.seeding, counts.failed
+            );
+            conditions.push((READY, false, why.into(), msg));
+        }
+        if counts.seeding > 0 {
+            let msg = format!("{} node(s) receiving revision {rev_text}", counts.seeding);
+            conditions.push((PROGRESSING, true, reason::SEEDING.into(), msg));
+        } else if counts.failed > 0 {
+            let msg = "no node is making progress".to_owned();
+            conditions.push((PROGRESSING, false, reason::STALLED.into(), msg));
+        } else {
+            conditions.push((PROGRESSING, false, reason::COMPLETE.into(), String::new()));
+        }
+        match (dominant, dominant_message) {
+            (Some(r), Some(m)) => conditions.push((DEGRADED, true, r.into(), m)),
+            _ => conditions.push((DEGRADED, false, reason::AS_EXPECTED.into(), String::new())),
+        }
+    }
+
+    failed.truncate(MAX_FAILED_NODES);
+    let previous = input.previous;
+    let conditions = conditions
+        .into_iter()
+        .map(|(type_, ok, reason, message)| {
+            condition(
+                previous,
+                type_,
+                ok,
+                reason,
+                message,
+                input.generation,
+                &input.now,
+            )
+        })
+        .collect();
+
+    // Keep the digest of this revision once known, even while nodes that
+    // reported it are briefly unreachable.
+    let same_rev = |p: &&DatasetStatus| p.revision.as_deref() == rev.map(|r| r.revision.as_str());
+    let content_digest = content_digest.or_else(|| {
+        previous
+            .filter(same_rev)
+            .and_then(|p| p.content_digest.clone())
+    });
+    let total = rev.map(|r| r.total_bytes);
+    DatasetStatus {
+        observed_generation: input.generation,
+        content_digest,
+        revision: rev.map(|r| r.revision.clone()),
+        total_bytes: total,
+        files: rev.map(|r| r.files),
+        chunk_size: rev.map(|r| r.chunk_size),
+        nodes: counts.clone(),
+        bytes_from_origin: from_origin,
+        bytes_from_peers: from_peers,
+        path: Some(Dataset::host_path(input.namespace, input.name)),
+        node_label: Some(node_label::key(input.namespace, input.name)),
+        ready_text: Some(format!("{}/{}", counts.ready, counts.desired)),
+        size_text: total.map(human_bytes),
+        origin_ratio: total
+            .filter(|t| *t > 0)
+            .map(|t| format!("{:.2}x", from_origin as f64 / t as f64)),
+        failed_nodes: failed,
+        conditions,
+    }
+}
+
+fn short(revision: &str) -> &str {
+    revision.get(..16).unwrap_or(revision)
+}
+
+fn condition(
+    previous: Option<&DatasetStatus>,
+    type_: &str,
+    ok: bool,
+    reason: String,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    // lastTransitionTime moves only when the status flips.
+    let last_transition_time = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason,
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Whether `new` differs from what is stored (no write otherwise).
+pub fn needs_write(stored: Option<&DatasetStatus>, new: &DatasetStatus) -> bool {
+    stored != Some(new)
+}
+
+/// How long to wait before the next status write of one Dataset, given
+/// when the last one happened: zero when a write may go now.
+pub fn write_delay(last_write: Option<Instant>, now: Instant) -> Duration {
+    match last_write {
+        Some(t) => (t + MIN_WRITE_INTERVAL).saturating_duration_since(now),
+        None => Duration::ZERO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    const REV: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(1_800_000_000 + secs).unwrap())
+    }
+
+    fn rev() -> RevisionInfo {
+        RevisionInfo {
+            revision: REV.into(),
+            total_bytes: 4 << 30,
+            files: 3,
+            chunk_size: 1 << 20,
+        }
+    }
+
+    fn progress(state: DatasetState, origin: u64, peers: u64) -> NodeReport {
+        let mut p = pb::DatasetProgress {
+            revision: REV.into(),
+            bytes_from_origin: origin,
+            bytes_from_peers: peers,
+            ..Default::default()
+        };
+        p.set_state(state);
+        if state == DatasetState::Ready {
+            p.published_revision = REV.into();
+            p.content_digest = vec![0xcd; 32];
+        }
+        NodeReport::Progress(Some(Box::new(p)))
+    }
+
+    fn failed(reason: &str, message: &str) -> NodeReport {
+        let mut p = pb::DatasetProgress {
+            revision: REV.into(),
+            ..Default::default()
+        };
+        p.set_state(DatasetState::Failed);
+        p.error = Some(pb::ErrorInfo {
+            reason: reason.into(),
+            message: message.into(),
+        });
+        NodeReport::Progress(Some(Box::new(p)))
+    }
+
+    fn nodes(reports: Vec<NodeReport>) -> BTreeMap<String, NodeReport> {
+        reports
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (format!("node-{i}"), r))
+            .collect()
+    }
+
+    fn run(
+        nodes: &BTreeMap<String, NodeReport>,
+        prev: Option<&DatasetStatus>,
+        now: Time,
+    ) -> DatasetStatus {
+        let r = rev();
+        compute(&StatusInput {
+            namespace: "ml",
+            name: "llama",
+            generation: Some(3),
+            nodes,
+            revision: Some(&r),
+            problem: None,
+            previous: prev,
+            now,
+        })
+    }
+
+    fn cond<'a>(s: &'a DatasetStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn all_nodes_ready_means_ready_with_totals() {
+        let n = nodes(vec![
+            progress(DatasetState::Ready, 2 << 30, 2 << 30),
+            progress(DatasetState::Ready, 2 << 30, 2 << 30),
+        ]);
+        let s = run(&n, None, at(0));
+        assert_eq!(
+            s.nodes,
+            NodeCounts {
+                desired: 2,
+                ready: 2,
+                seeding: 0,
+                failed: 0
+            }
+        );
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(cond(&s, READY).reason, "Ready");
+        assert_eq!(cond(&s, PROGRESSING).status, "False");
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+        assert_eq!(s.ready_text.as_deref(), Some("2/2"));
+        assert_eq!(s.size_text.as_deref(), Some("4GiB"));
+        assert_eq!(s.origin_ratio.as_deref(), Some("1.00x"));
+        assert_eq!(
+            s.content_digest,
+            Some(format!("blake3:{}", "cd".repeat(32)))
+        );
+        assert_eq!(
+            s.path.as_deref(),
+            Some("/var/lib/swarmseed/datasets/ml/llama")
+        );
+        assert_eq!(s.node_label, Some(node_label::key("ml", "llama")));
+        assert_eq!(s.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn seeding_nodes_mean_progressing_and_not_ready() {
+        let n = nodes(vec![
+            progress(DatasetState::Ready, 0, 4 << 30),
+            progress(DatasetState::Transferring, 1 << 30, 0),
+            NodeReport::Progress(None),
+        ]);
+        let s = run(&n, None, at(0));
+        assert_eq!(
+            s.nodes,
+            NodeCounts {
+                desired: 3,
+                ready: 1,
+                seeding: 2,
+                failed: 0
+            }
+        );
+        assert_eq!(
+            (
+                cond(&s, READY).status.as_str(),
+                cond(&s, READY).reason.as_str()
+            ),
+            ("False", "NotReady")
+        );
+        assert_eq!(
+            cond(&s, READY).message,
+            "1/3 nodes ready, 2 seeding, 0 failed"
+        );
+        assert_eq!(
+            (
+                cond(&s, PROGRESSING).status.as_str(),
+                cond(&s, PROGRESSING).reason.as_str()
+            ),
+            ("True", "Seeding")
+        );
+        assert_eq!(s.ready_text.as_deref(), Some("1/3"));
+        assert_eq!(s.origin_ratio.as_deref(), Some("0.25x"));
+    }
+
+    #[test]
+    fn failures_name_the_reason_and_list_the_nodes() {
+        let mut reports = vec![
+            failed(
+                "DigestMismatch",
+                "content is blake3:aa, spec pins blake3:bb"
+            );
+            12
+        ];
+        reports.push(NodeReport::Unreachable(
+            "GetStatus timed out after 5s".into(),
+        ));
+        let n = nodes(reports);
+        let s = run(&n, None, at(0));
+        assert_eq!(s.nodes.failed, 13);
+        assert_eq!(s.failed_nodes.len(), MAX_FAILED_NODES, "bounded");
+        assert_eq!(cond(&s, READY).reason, "DigestMismatch");
+        let d = cond(&s, DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "DigestMismatch")
+        );
+        assert!(d.message.contains("spec pins blake3:bb"), "{}", d.message);
+        assert_eq!(cond(&s, PROGRESSING).reason, "Stalled");
+        let unreachable = nodes(vec![NodeReport::Unreachable("connection refused".into())]);
+        let s = run(&unreachable, None, at(0));
+        assert_eq!(s.failed_nodes[0].reason, "AgentUnreachable");
+        assert_eq!(s.failed_nodes[0].message, "connection refused");
+    }
+
+    #[test]
+    fn dataset_problems_and_empty_selections_are_reported() {
+        let n = BTreeMap::new();
+        let s = run(&n, None, at(0));
+        assert_eq!(cond(&s, READY).reason, "NoMatchingNodes");
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+        let problem = DatasetProblem {
+            reason: reason::SOURCE_UNAVAILABLE,
+            message: "listing s3://b/p: 403 Forbidden".into(),
+        };
+        let s = compute(&StatusInput {
+            namespace: "ml",
+            name: "llama",
+            generation: Some(1),
+            nodes: &n,
+            revision: None,
+            problem: Some(&problem),
+            previous: None,
+            now: at(0),
+        });
+        assert_eq!(cond(&s, READY).reason, "SourceUnavailable");
+        assert_eq!(cond(&s, DEGRADED).status, "True");
+        assert_eq!(
+            cond(&s, DEGRADED).message,
+            "listing s3://b/p: 403 Forbidden"
+        );
+        assert_eq!(s.size_text, None);
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let seeding = nodes(vec![progress(DatasetState::Transferring, 1, 0)]);
+        let s1 = run(&seeding, None, at(0));
+        let s2 = run(&seeding, Some(&s1), at(10));
+        assert_eq!(s1, s2, "nothing changed, nothing to write");
+        assert!(!needs_write(Some(&s1), &s2));
+
+        let more = nodes(vec![progress(DatasetState::Transferring, 2, 0)]);
+        let s3 = run(&more, Some(&s2), at(20));
+        assert!(needs_write(Some(&s2), &s3), "byte counters changed");
+        assert_eq!(cond(&s3, READY).last_transition_time, at(0));
+
+        let ready = nodes(vec![progress(DatasetState::Ready, 2, 0)]);
+        let s4 = run(&ready, Some(&s3), at(30));
+        assert_eq!(
+            cond(&s4, READY).last_transition_time,
+            at(30),
+            "Ready flipped"
+        );
+        assert_eq!(
+            cond(&s4, DEGRADED).last_transition_time,
+            at(0),
+            "Degraded stayed False"
+        );
+    }
+
+    #[test]
+    fn writes_are_spaced_by_the_interval() {
+        let t0 = Instant::now();
+        assert_eq!(write_delay(None, t0), Duration::ZERO);
+        assert_eq!(
+            write_delay(Some(t0), t0 + Duration::from_millis(300)),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            write_delay(Some(t0), t0 + Duration::from_secs(2)),
+            Duration::ZERO
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! The reconciler against the test API server: what a user sees for a
+//! Dataset that cannot be seeded, and that deletion goes through.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::{CustomResourceExt, ResourceExt};
+use kube_standin::ApiServer;
+use swarmseed_operator::Dataset;
+use swarmseed_operator::agents::ControlToken;
+use swarmseed_operator::controller::{self, Context, FINALIZER, Settings};
+
+async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn dataset(name: &str, spec: serde_json::Value) -> Dataset {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "swarmseed.io/v1alpha1", "kind": "Dataset",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": spec,
+    }))
+    .expect("a Dataset")
+}
+
+/// (Ready status, reason, message) once Ready is reported.
+async fn ready_condition(api: &Api<Dataset>, name: &str) -> (String, String, String) {
+    wait_for("the Ready condition", async || {
+        let ds = api.get(name).await.ok()?;
+        let c = ds
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        Some((c.status, c.reason, c.message))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_datasets_say_why_and_can_be_deleted() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let client = server.client().await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &Dataset::crd())
+        .await
+        .unwrap();
+
+    let settings = Settings {
+        agent_namespace: "swarmseed-system".into(),
+        control_port: 7400,
+        call_timeout: Duration::from_secs(2),
+        max_peers: 16,
+    };
+    let ctx = Context::new(
+        client.clone(),
+        settings,
+        ControlToken::new("t").unwrap(),
+        b"t".to_vec(),
+    );
+    let operator = tokio::spawn(controller::run(Arc::new(ctx)));
+
+    let api: Api<Dataset> = Api::namespaced(client.clone(), "default");
+    // The stand-in does not run CEL, so the operator's own check answers.
+    let bad = dataset(
+        "bad",
+        serde_json::json!({ "source": { "uri": "s3://b/p" }, "chunkSize": "3Mi" }),
+    );
+    api.create(&PostParams::default(), &bad).await.unwrap();
+    let (status, reason, message) = ready_condition(&api, "bad").await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "InvalidSource")
+    );
+    assert_eq!(
+        message,
+        "chunkSize 3145728 is not a power of two from 64Ki to 256Mi"
+    );
+    let ds = api.get("bad").await.unwrap();
+    assert_eq!(ds.finalizers(), [FINALIZER]);
+    assert_eq!(
+        ds.status.unwrap().observed_generation,
+        ds.metadata.generation
+    );
+
+    // A source nobody serves: listing fails after bounded retries.
+    let gone = dataset(
+        "gone",
+        serde_json::json!({ "source": { "uri": "http://127.0.0.1:1/data.bin" } }),
+    );
+    api.create(&PostParams::default(), &gone).await.unwrap();
+    let (status, reason, message) = ready_condition(&api, "gone").await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "SourceUnavailable"),
+        "{message}"
+    );
+
+    // Deletion: no agent holds anything, so our finalizer goes at once.
+    for name in ["bad", "gone"] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_for("the Dataset to go", async || {
+            api.get_opt(name).await.ok().filter(Option::is_none)
+        })
+        .await;
+    }
+    operator.abort();
+    server.shutdown().await;
+}
