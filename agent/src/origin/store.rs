@@ -54,6 +54,8 @@ impl StoreOrigin {
         options: &OriginOptions,
         uri: OriginUri,
     ) -> Result<Self, OriginError> {
+        // object_store's HTTP client has no crypto provider of its own.
+        super::install_crypto_provider();
         let invalid = |reason: String| OriginError::invalid_uri(&origin.uri, reason);
         let endpoint = Some(origin.endpoint.trim()).filter(|e| !e.is_empty());
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match uri {
