@@ -690,11 +690,14 @@ impl Transfer {
             .await;
         reader.abort();
         {
+            // Lock order everywhere: peer_has, outstanding, board.
+            let has = lock(&peer_has);
+            let mut out = lock(&outstanding);
             let mut board = lock(&self.board);
-            for i in lock(&outstanding).drain() {
+            for i in out.drain() {
                 board.abandon(i);
             }
-            board.peer_lost(&lock(&peer_has));
+            board.peer_lost(&has);
         }
         self.bump();
         result
@@ -763,8 +766,9 @@ impl Transfer {
                     }
                     // Endgame: cancel what another peer already delivered.
                     let cancels: Vec<u32> = {
+                        let out = lock(outstanding);
                         let board = lock(&self.board);
-                        lock(outstanding).iter().copied().filter(|&i| board.is_verified(i)).collect()
+                        out.iter().copied().filter(|&i| board.is_verified(i)).collect()
                     };
                     let mut buf = Vec::new();
                     for i in cancels {
@@ -808,6 +812,8 @@ impl Transfer {
                         if rec.index >= self.layout.chunk_count() || !fetchers.accepts(&rev, &rec) {
                             continue;
                         }
+                        // Lock order everywhere: peer_has, outstanding, board.
+                        let mut has = lock(peer_has);
                         let mut board = lock(&self.board);
                         if let Some(expected) = board.expected(rec.index)
                             && expected != rec.digest
@@ -817,7 +823,7 @@ impl Transfer {
                             continue;
                         }
                         board.learn(rec);
-                        if lock(peer_has).insert(rec.index) {
+                        if has.insert(rec.index) {
                             board.peer_gained(rec.index);
                             gained = true;
                         }

@@ -397,13 +397,22 @@ impl AgentProc {
         }
     }
 
+    /// The agent's status; a hung agent fails the test instead of hanging it.
     pub async fn status(&self) -> pb::AgentStatus {
-        self.client()
-            .await
-            .get_status(pb::GetStatusRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
+        let call = async {
+            self.client()
+                .await
+                .get_status(pb::GetStatusRequest::default())
+                .await
+        };
+        match tokio::time::timeout(Duration::from_secs(20), call).await {
+            Ok(r) => r.unwrap().into_inner(),
+            Err(_) => panic!(
+                "agent {} did not answer GetStatus in 20 s\n{}",
+                self.name,
+                self.log_tail()
+            ),
+        }
     }
 
     pub async fn metrics(&self) -> String {
