@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,7 +67,6 @@ pub async fn serve(
 
 async fn connection(stream: TcpStream, lookup: Arc<dyn TransferLookup>) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let _ = peer_addr(&stream);
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
 
@@ -121,10 +119,6 @@ async fn connection(stream: TcpStream, lookup: Arc<dyn TransferLookup>) -> io::R
     let result = write_loop(&mut wr, &transfer, &queue, &mut haves).await;
     reader.abort();
     result
-}
-
-fn peer_addr(stream: &TcpStream) -> Option<SocketAddr> {
-    stream.peer_addr().ok()
 }
 
 async fn refuse(wr: &mut OwnedWriteHalf, why: &str) -> io::Result<()> {

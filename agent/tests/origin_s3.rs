@@ -4,9 +4,8 @@
 // Test fixtures may panic on anything unexpected.
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
@@ -33,46 +32,11 @@ impl Drop for Moto {
 
 impl Moto {
     fn start() -> Self {
-        let probe = Command::new("python3")
-            .args(["-c", "import moto.server"])
-            .output()
-            .expect("python3 is needed to run moto's S3 server");
-        assert!(
-            probe.status.success(),
-            "moto's S3 server is not installed (run e2e/setup.sh, or `pip install 'moto[server]>=5,<6'`): {}",
-            String::from_utf8_lossy(&probe.stderr)
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start moto");
-        let moto = Self {
+        let (child, port) = origin_support::start_moto();
+        Self {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto did not listen on port {port} within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
         }
-        moto
     }
 
     async fn create_bucket(&self, bucket: &str) -> AmazonS3 {

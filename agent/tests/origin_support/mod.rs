@@ -101,3 +101,45 @@ pub async fn spawn_server(app: axum::Router) -> String {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{address}")
 }
+
+/// Starts moto's S3 server on a free 127.0.0.1 port and waits until it
+/// listens; returns the process (kill it when done) and the port.
+pub fn start_moto() -> (std::process::Child, u16) {
+    use std::process::{Command, Stdio};
+    let probe = Command::new("python3")
+        .args(["-c", "import moto.server"])
+        .output()
+        .expect("python3 is needed to run moto's S3 server");
+    assert!(
+        probe.status.success(),
+        "moto's S3 server is not installed (run e2e/setup.sh, or `pip install 'moto[server]>=5,<6'`): {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start moto");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "moto did not listen on port {port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child, port)
+}

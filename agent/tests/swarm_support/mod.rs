@@ -5,6 +5,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../origin_support/mod.rs"]
+mod origin_support;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpListener;
@@ -575,34 +578,7 @@ impl Drop for S3Origin {
 
 impl S3Origin {
     pub async fn start() -> Self {
-        let probe = Command::new("python3")
-            .args(["-c", "import moto.server"])
-            .output()
-            .expect("python3");
-        assert!(
-            probe.status.success(),
-            "moto's S3 server is not installed (run e2e/setup.sh): {}",
-            String::from_utf8_lossy(&probe.stderr)
-        );
-        let port = free_port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not listen within 30 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let (child, port) = origin_support::start_moto();
         // Count what flows from moto to its clients.
         let served = Arc::new(AtomicU64::new(0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
