@@ -24,3 +24,9 @@ fi
 if ! python3 -c 'import moto.server, flask, flask_cors' >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
 fi
+
+# The real Helm engine as a library (e2e/helm/render.py, e2e/tests/helm_chart.rs):
+# lint, render, install/upgrade the chart without a helm binary.
+if ! python3 -c 'import helm_python' >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check 'helm-python-sdk>=0.2.2,<0.3'
+fi

@@ -158,17 +158,18 @@ impl Board {
         self.inflight[i as usize] = self.inflight[i as usize].saturating_add(1);
     }
 
-    /// A request for `i` ended without the chunk (rejected, failed, peer
-    /// gone).
-    pub fn abandon(&mut self, i: u32) {
+    /// A request for `i` is no longer in flight: delivered, rejected,
+    /// failed, or its peer went away. Every `begin` (every pick) is released
+    /// exactly once.
+    pub fn release(&mut self, i: u32) {
         self.inflight[i as usize] = self.inflight[i as usize].saturating_sub(1);
     }
 
     /// Records a verified chunk; returns false if it was already verified
-    /// (a duplicate from endgame).
+    /// (a duplicate from endgame). The request that delivered it, if any, is
+    /// released separately.
     pub fn complete(&mut self, record: ChunkRecord) -> bool {
         let i = record.index;
-        self.inflight[i as usize] = self.inflight[i as usize].saturating_sub(1);
         if !self.verified.insert(i) {
             return false;
         }
@@ -326,7 +327,7 @@ mod tests {
         assert_eq!(b.pick_origin(), Some(0));
         assert_eq!(b.pick_origin(), Some(1));
         assert_eq!(b.pick_origin(), None);
-        b.abandon(0);
+        b.release(0);
         b.peer_gained(0);
         assert_eq!(b.pick_origin(), None, "a peer has it now");
         assert_eq!(b.pick(&set(2, &[0]), 0), Some(0));

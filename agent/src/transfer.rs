@@ -69,6 +69,8 @@ struct Plan {
     generation: u64,
     token: [u8; 32],
     fetchers: FetcherTable,
+    /// The fetchers as assigned (reported back to the operator).
+    assigned_fetchers: Vec<pb::OriginFetcher>,
     fetcher_nodes: Vec<(String, Vec<(u32, u32)>)>,
     peers: Vec<pb::Peer>,
     pinned: Option<ContentDigest>,
@@ -235,6 +237,7 @@ impl Transfer {
             generation: a.plan_generation,
             token,
             fetchers: FetcherTable::from_plan(&a.fetchers),
+            assigned_fetchers: a.fetchers.clone(),
             fetcher_nodes,
             peers: a.peers.clone(),
             pinned: ContentDigest::from_slice(&a.pinned_digest),
@@ -348,6 +351,7 @@ impl Transfer {
             dataset: Some(self.key.to_ref()),
             revision: self.revision().to_hex(),
             plan_generation: self.plan_generation(),
+            fetchers: lock(&self.plan).assigned_fetchers.clone(),
             state: state as i32,
             chunks_total: self.layout.chunk_count(),
             chunks_verified: verified,
@@ -422,6 +426,7 @@ impl Transfer {
             let published = this.files.is_published();
             let mut seen = ChunkSet::new(this.layout.chunk_count());
             let mut buf = Vec::new();
+            let mut good = ChunkSet::new(this.layout.chunk_count());
             let mut recovered = Vec::new();
             for rec in this.files.load_records() {
                 if rec.index >= this.layout.chunk_count() || !seen.insert(rec.index) {
@@ -437,11 +442,12 @@ impl Transfer {
                         continue;
                     }
                 }
+                good.insert(rec.index);
                 recovered.push(rec);
             }
             let mut fresh = Vec::new();
             for i in 0..this.layout.chunk_count() {
-                if seen.contains(i) && recovered.iter().any(|r| r.index == i) {
+                if good.contains(i) {
                     continue;
                 }
                 if published || this.files.chunk_is_local(i) {
@@ -459,6 +465,10 @@ impl Transfer {
             let mut board = lock(&this.board);
             for rec in recovered.into_iter().chain(fresh) {
                 board.complete(rec);
+                // Peers connected while recovery ran got an empty have-set:
+                // announce what survived (a lagging session re-reads the
+                // whole set).
+                let _ = this.haves.send(rec);
             }
             if !board.verified().is_empty() {
                 debug!(verified = board.verified().count(), "recovered chunks");
@@ -688,14 +698,18 @@ impl Transfer {
         let result = self
             .request_loop(&mut wr, &peer_has, &outstanding, &mut events, cancel)
             .await;
+        // Wait for the reader to stop: a HAVE batch it is still applying
+        // would otherwise raise availability after `peer_lost` below, and
+        // a chunk only this peer "holds" would never go to the origin.
         reader.abort();
+        let _ = reader.await;
         {
             // Lock order everywhere: peer_has, outstanding, board.
             let has = lock(&peer_has);
             let mut out = lock(&outstanding);
             let mut board = lock(&self.board);
             for i in out.drain() {
-                board.abandon(i);
+                board.release(i);
             }
             board.peer_lost(&has);
         }
@@ -879,7 +893,7 @@ impl Transfer {
                     let p = wire::read_control(&mut rd, len).await?;
                     let index = wire::parse_u32(&p)?;
                     if lock(outstanding).remove(&index) {
-                        lock(&self.board).abandon(index);
+                        lock(&self.board).release(index);
                         // The peer no longer offers it (cancelled or gone).
                         self.bump();
                     }
@@ -913,12 +927,16 @@ impl Transfer {
             }
             board.record(index).copied()
         };
-        lock(outstanding).remove(&index);
+        // Not ours any more if the session ended meanwhile: its teardown
+        // released the request already.
+        let requested = lock(outstanding).remove(&index);
         if record.is_none() {
-            self.accept_peer_chunk(index, digest, data)
+            self.accept_peer_chunk(index, digest, data, requested)
         } else {
             // Endgame duplicate: already have it.
-            lock(&self.board).abandon(index);
+            if requested {
+                lock(&self.board).release(index);
+            }
             Ok(())
         }
     }
@@ -928,6 +946,7 @@ impl Transfer {
         index: u32,
         digest: ChunkDigest,
         data: &[u8],
+        requested: bool,
     ) -> Result<(), SessionError> {
         // Re-announce it with the fetcher's attestation we accepted.
         let attestation = lock(&self.board)
@@ -936,7 +955,7 @@ impl Transfer {
         let record =
             attestation.unwrap_or_else(|| self.identity.attest(&self.revision(), index, digest));
         self.files.write_chunk(index, data)?;
-        self.commit(record, "peer", data.len() as u64)
+        self.commit(record, "peer", data.len() as u64, requested)
     }
 
     fn commit(
@@ -944,9 +963,16 @@ impl Transfer {
         record: ChunkRecord,
         source: &'static str,
         bytes: u64,
+        requested: bool,
     ) -> Result<(), SessionError> {
         self.files.record_verified(&[record])?;
-        let new = lock(&self.board).complete(record);
+        let new = {
+            let mut board = lock(&self.board);
+            if requested {
+                board.release(record.index);
+            }
+            board.complete(record)
+        };
         if new {
             match source {
                 "origin" => self
@@ -999,7 +1025,7 @@ impl Transfer {
     async fn fetch_origin_chunk(self: &Arc<Self>, index: u32) {
         let origin = lock(&self.plan).origin.clone();
         let Some(origin) = origin else {
-            lock(&self.board).abandon(index);
+            lock(&self.board).release(index);
             self.fail("InvalidAssignment", "the assignment names no origin".into());
             return;
         };
@@ -1025,14 +1051,14 @@ impl Transfer {
                     .files
                     .write_chunk(index, &data)
                     .map_err(SessionError::from)
-                    .and_then(|()| self.commit(record, "origin", data.len() as u64));
+                    .and_then(|()| self.commit(record, "origin", data.len() as u64, true));
                 if let Err(e) = written {
-                    lock(&self.board).abandon(index);
+                    lock(&self.board).release(index);
                     self.fail("StorageError", e.to_string());
                 }
             }
             Err(e) => {
-                lock(&self.board).abandon(index);
+                lock(&self.board).release(index);
                 self.metrics
                     .origin_errors
                     .get_or_create(&ReasonLabels { reason: e.label() })

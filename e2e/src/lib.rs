@@ -22,6 +22,7 @@ pub mod netns;
 pub mod origin;
 pub mod peerbench;
 pub mod process;
+pub mod seeding;
 pub mod stub_agent;
 
 /// Selects rustls' process-wide crypto provider (idempotent). Needed

@@ -9,7 +9,7 @@
 //! its assignment (idempotent) → label ready nodes → write status (only
 //! when it changed, at most once a second).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,15 +19,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use swarmseed_agent::origin::{OriginClient, OriginOptions};
 use swarmseed_proto::layout::default_chunk_size;
 use swarmseed_proto::{ChunkLayout, pb};
 
-use crate::agents::{AGENT_SELECTOR, AgentClient, AgentError, ControlToken, agent_pods};
+use crate::admin::Metrics;
+use crate::agents::{AGENT_SELECTOR, AgentClient, AgentError, AgentPod, ControlToken, agent_pods};
 use crate::assignment::{self, AssignmentInput};
 use crate::crd::{Dataset, DatasetStatus};
 use crate::node_label;
@@ -97,11 +99,23 @@ struct Memo {
     listed: Option<Listed>,
     plan: Option<Plan>,
     last_status_write: Option<Instant>,
+    /// Nodes sent an assignment and not since told to remove it.
+    assigned: BTreeSet<String>,
+    /// Every agent off the selected nodes was told to drop the dataset
+    /// once since this process started (what it sent before a restart is
+    /// unknown).
+    swept: bool,
 }
+
+/// Annotation whose every new value makes the operator list the source
+/// again (picking up a new revision without a spec change).
+pub const RELIST_ANNOTATION: &str = "swarmseed.io/relist";
 
 #[derive(Clone)]
 struct Listed {
+    /// The generation and relist annotation it was listed for.
     generation: Option<i64>,
+    relist: Option<String>,
     layout: Arc<ChunkLayout>,
     origin: pb::Origin,
 }
@@ -113,6 +127,10 @@ pub struct Context {
     /// Key the per-dataset peer tokens are derived from.
     pub peer_secret: Vec<u8>,
     memos: Mutex<HashMap<ObjectRef<Dataset>, Memo>>,
+    /// One control connection per agent address, reused across runs.
+    clients: Mutex<HashMap<String, AgentClient>>,
+    recorder: Recorder,
+    metrics: Metrics,
 }
 
 impl Context {
@@ -122,12 +140,67 @@ impl Context {
         token: ControlToken,
         peer_secret: Vec<u8>,
     ) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         Self {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
             token,
             peer_secret,
             memos: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Counts reconciles, status writes and agent calls in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Counts one agent call by its outcome.
+    fn count_call<T>(&self, method: &'static str, r: &Result<T, AgentError>) {
+        let result = match r {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        self.metrics.agent_call(method, result);
+    }
+
+    /// The control client of the agent at `pod_ip` (cached).
+    fn agent(&self, pod_ip: &str) -> Result<AgentClient, AgentError> {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = clients.get(pod_ip) {
+            return Ok(c.clone());
+        }
+        let c = AgentClient::new(
+            pod_ip,
+            self.settings.control_port,
+            self.token.clone(),
+            self.settings.call_timeout,
+        )?;
+        clients.insert(pod_ip.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// Publishes an Event on `ds`; failures are logged, never fatal.
+    async fn event(&self, ds: &Dataset, type_: EventType, reason: &str, note: String) {
+        let ev = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &ds.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "publishing an event failed");
         }
     }
 
@@ -179,8 +252,10 @@ pub async fn run(ctx: Arc<Context>) {
         .await;
 }
 
-fn error_policy(ds: Arc<Dataset>, e: &Error, _: Arc<Context>) -> Action {
+fn error_policy(ds: Arc<Dataset>, e: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(dataset = %ds.name_any(), error = %e, label = e.label(), "reconcile error");
+    ctx.metrics.reconciled("error");
+    ctx.metrics.reconcile_error(e.label());
     Action::requeue(Duration::from_secs(5))
 }
 
@@ -188,14 +263,16 @@ fn error_policy(ds: Arc<Dataset>, e: &Error, _: Arc<Context>) -> Action {
 async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = ds.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, ds, |event| async {
+    let action = finalizer(&api, FINALIZER, ds, |event| async {
         match event {
             Event::Apply(ds) => apply(&ds, &ctx).await,
             Event::Cleanup(ds) => cleanup(&ds, &ctx).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    ctx.metrics.reconciled("ok");
+    Ok(action)
 }
 
 /// One selected node with its agent (if any) and what it reported.
@@ -239,12 +316,22 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
         chunk_size: layout.chunk_size(),
     };
 
-    let mut views = discover(ds, ctx, &ns, &name).await?;
+    let (mut views, others) = discover(ds, ctx, &ns, &name).await?;
     let agents: Vec<AgentInfo> = views
         .values()
         .filter_map(|v| v.agent.as_ref().map(|a| a.1.clone()))
         .collect();
-    let previous = ctx.memo(&key, |m| m.plan.clone());
+    let previous = ctx.memo(&key, |m| m.plan.clone()).or_else(|| {
+        // After a restart: continue the plan the agents follow.
+        plan::from_agents(
+            &revision,
+            layout.chunk_count(),
+            views.values().filter_map(|v| match &v.report {
+                NodeReport::Progress(Some(p)) => Some(&**p),
+                _ => None,
+            }),
+        )
+    });
     let plan = plan::plan(&PlanInput {
         layout,
         agents: &agents,
@@ -277,9 +364,19 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
             }
             let a = assignment::assignment(&input, node);
             let client = client.clone();
-            Some(async move { (node.clone(), client.apply(a).await) })
+            Some(async move {
+                let r = client.apply(a).await;
+                ctx.count_call("apply", &r);
+                (node.clone(), r)
+            })
         });
-        for (node, result) in futures::future::join_all(sends).await {
+        let results = futures::future::join_all(sends).await;
+        ctx.memo(&key, |m| {
+            m.plan = Some(plan.clone());
+            m.assigned
+                .extend(results.iter().filter(|r| r.1.is_ok()).map(|r| r.0.clone()));
+        });
+        for (node, result) in results {
             let Some(v) = views.get_mut(&node) else {
                 continue;
             };
@@ -288,12 +385,14 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
                 Err(e) => NodeReport::Unreachable(e.to_string()),
             };
         }
-        ctx.memo(&key, |m| m.plan = Some(plan.clone()));
     }
+
+    let label = node_label::key(&ns, &name);
+    let labelled = labelled_nodes(ctx, &label).await?;
+    release_deselected(ds, ctx, &key, &others, &labelled).await;
 
     let reports: BTreeMap<String, NodeReport> =
         views.into_iter().map(|(n, v)| (n, v.report)).collect();
-    let label = node_label::key(&ns, &name);
     let ready_nodes: Vec<&String> = reports
         .iter()
         .filter(|(_, r)| {
@@ -302,7 +401,7 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
         })
         .map(|(n, _)| n)
         .collect();
-    sync_labels(ctx, &label, &ready_nodes).await?;
+    sync_labels(ctx, &label, &labelled, &ready_nodes).await?;
     let (status, pending) = write_status(ds, ctx, &reports, Some(&info), None).await?;
     let done = status.nodes.desired > 0 && status.nodes.ready == status.nodes.desired;
     let next = if done {
@@ -313,8 +412,70 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(pending.map_or(next, |p| p.min(next))))
 }
 
-/// Lists the source once per generation. The outer error is the API
-/// server's; the inner one is the Dataset's problem to report.
+/// Tells the agents of nodes the Dataset no longer selects to drop it: the
+/// nodes it was sent to, the nodes still labelled, and once after a
+/// restart every other agent. Unreachable agents are retried next run.
+async fn release_deselected(
+    ds: &Dataset,
+    ctx: &Context,
+    key: &ObjectRef<Dataset>,
+    others: &[AgentPod],
+    labelled: &[String],
+) {
+    let Some(ns) = ds.namespace() else { return };
+    let (assigned, swept) = ctx.memo(key, |m| (m.assigned.clone(), m.swept));
+    let dataset = pb::DatasetRef {
+        namespace: ns,
+        name: ds.name_any(),
+    };
+    let targets = others.iter().filter(|p| {
+        p.ready && (!swept || assigned.contains(&p.node_name) || labelled.contains(&p.node_name))
+    });
+    let calls = targets.map(|pod| {
+        let dataset = dataset.clone();
+        async move {
+            let result = match ctx.agent(&pod.pod_ip) {
+                Ok(c) => {
+                    let r = c.remove(dataset).await;
+                    ctx.count_call("remove", &r);
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            (pod.node_name.clone(), result)
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let all_ok = results.iter().all(|r| r.1.is_ok());
+    for (node, result) in &results {
+        match result {
+            Ok(true) => {
+                ctx.event(
+                    ds,
+                    EventType::Normal,
+                    "Removed",
+                    format!("node {node} no longer matches: its copy was removed"),
+                )
+                .await;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(node, error = %e, "removing the dataset from a deselected node")
+            }
+        }
+    }
+    ctx.memo(key, |m| {
+        for (node, result) in &results {
+            if result.is_ok() {
+                m.assigned.remove(node);
+            }
+        }
+        m.swept |= all_ok;
+    });
+}
+
+/// Lists the source once per generation and value of [`RELIST_ANNOTATION`].
+/// The outer error is the API server's; the inner one is the Dataset's problem.
 async fn list_source(
     ds: &Dataset,
     ctx: &Context,
@@ -323,9 +484,10 @@ async fn list_source(
     bandwidth: u64,
 ) -> Result<Result<Listed, DatasetProblem>, Error> {
     let generation = ds.metadata.generation;
+    let relist = ds.annotations().get(RELIST_ANNOTATION).cloned();
     if let Some(l) = ctx
         .memo(key, |m| m.listed.clone())
-        .filter(|l| l.generation == generation)
+        .filter(|l| l.generation == generation && l.relist == relist)
     {
         return Ok(Ok(l));
     }
@@ -393,20 +555,30 @@ async fn list_source(
     );
     let listed = Listed {
         generation,
+        relist,
         layout: Arc::new(layout),
         origin,
     };
     ctx.memo(key, |m| m.listed = Some(listed.clone()));
+    let note = format!(
+        "listed {} files, {} bytes in {} chunks: revision {}",
+        listed.layout.files().len(),
+        listed.layout.total_bytes(),
+        listed.layout.chunk_count(),
+        listed.layout.revision(),
+    );
+    ctx.event(ds, EventType::Normal, "SourceListed", note).await;
     Ok(Ok(listed))
 }
 
-/// The selected nodes that run an agent Pod, with the agent's answer.
+/// The selected nodes that run an agent Pod, with the agent's answer; and
+/// the agent Pods of every other node.
 async fn discover(
     ds: &Dataset,
     ctx: &Context,
     ns: &str,
     name: &str,
-) -> Result<BTreeMap<String, NodeView>, Error> {
+) -> Result<(BTreeMap<String, NodeView>, Vec<AgentPod>), Error> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let nodes = kube_call("list nodes", nodes.list(&ListParams::default())).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.agent_namespace);
@@ -415,92 +587,102 @@ async fn discover(
         pods.list(&ListParams::default().labels(AGENT_SELECTOR)),
     )
     .await?;
-    let by_node = agent_pods(&pods.items);
+    let mut by_node = agent_pods(&pods.items);
     let dataset = pb::DatasetRef {
         namespace: ns.to_owned(),
         name: name.to_owned(),
     };
-    let asks = nodes
+    let selected: Vec<AgentPod> = nodes
         .items
         .iter()
         .filter(|n| selector::selects(&ds.spec, n))
-        .filter_map(|n| by_node.get(&n.name_any()))
-        .map(|pod| {
-            let dataset = dataset.clone();
-            async move {
-                let node = pod.node_name.clone();
-                if !pod.ready {
-                    let msg = format!("agent Pod {} is not ready", pod.pod_name);
+        .filter_map(|n| by_node.remove(&n.name_any()))
+        .collect();
+    let asks = selected.iter().map(|pod| {
+        let dataset = dataset.clone();
+        async move {
+            let node = pod.node_name.clone();
+            if !pod.ready {
+                let msg = format!("agent Pod {} is not ready", pod.pod_name);
+                return (
+                    node,
+                    NodeView {
+                        agent: None,
+                        report: NodeReport::Unreachable(msg),
+                    },
+                );
+            }
+            let client = match ctx.agent(&pod.pod_ip) {
+                Ok(c) => c,
+                Err(e) => {
                     return (
-                        node,
-                        NodeView {
-                            agent: None,
-                            report: NodeReport::Unreachable(msg),
-                        },
-                    );
-                }
-                let client = match AgentClient::new(
-                    &pod.pod_ip,
-                    ctx.settings.control_port,
-                    ctx.token.clone(),
-                    ctx.settings.call_timeout,
-                ) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        return (
-                            node,
-                            NodeView {
-                                agent: None,
-                                report: NodeReport::Unreachable(e.to_string()),
-                            },
-                        );
-                    }
-                };
-                match client.status(Some(dataset.clone())).await {
-                    Ok(s) => {
-                        let info = AgentInfo {
-                            node_name: node.clone(),
-                            pod_ip: pod.pod_ip.clone(),
-                            control_port: ctx.settings.control_port,
-                            peer_address: s.peer_address.clone(),
-                            public_key: s.public_key.clone(),
-                            ready: true,
-                        };
-                        let progress = s
-                            .datasets
-                            .into_iter()
-                            .find(|d| d.dataset.as_ref() == Some(&dataset));
-                        let report = NodeReport::Progress(progress.map(Box::new));
-                        (
-                            node,
-                            NodeView {
-                                agent: Some((client, info)),
-                                report,
-                            },
-                        )
-                    }
-                    Err(e) => (
                         node,
                         NodeView {
                             agent: None,
                             report: NodeReport::Unreachable(e.to_string()),
                         },
-                    ),
+                    );
                 }
+            };
+            let status = client.status(Some(dataset.clone())).await;
+            ctx.count_call("status", &status);
+            match status {
+                Ok(s) => {
+                    let info = AgentInfo {
+                        node_name: node.clone(),
+                        pod_ip: pod.pod_ip.clone(),
+                        control_port: ctx.settings.control_port,
+                        peer_address: s.peer_address.clone(),
+                        public_key: s.public_key.clone(),
+                        ready: true,
+                    };
+                    let progress = s
+                        .datasets
+                        .into_iter()
+                        .find(|d| d.dataset.as_ref() == Some(&dataset));
+                    let report = NodeReport::Progress(progress.map(Box::new));
+                    (
+                        node,
+                        NodeView {
+                            agent: Some((client, info)),
+                            report,
+                        },
+                    )
+                }
+                Err(e) => (
+                    node,
+                    NodeView {
+                        agent: None,
+                        report: NodeReport::Unreachable(e.to_string()),
+                    },
+                ),
             }
-        });
-    Ok(futures::future::join_all(asks).await.into_iter().collect())
+        }
+    });
+    let views = futures::future::join_all(asks).await.into_iter().collect();
+    Ok((views, by_node.into_values().collect()))
 }
 
-/// Sets `label=ready` on `ready` nodes and removes it everywhere else.
-async fn sync_labels(ctx: &Context, label: &str, ready: &[&String]) -> Result<(), Error> {
+/// The nodes carrying `label`.
+async fn labelled_nodes(ctx: &Context, label: &str) -> Result<Vec<String>, Error> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let labelled = kube_call(
         "list labelled nodes",
         nodes.list(&ListParams::default().labels(label)),
     )
     .await?;
-    let has: Vec<String> = labelled.items.iter().map(|n| n.name_any()).collect();
+    Ok(labelled.items.iter().map(|n| n.name_any()).collect())
+}
+
+/// Sets `label=ready` on `ready` nodes and removes it from the other
+/// nodes in `has` (the nodes carrying it now).
+async fn sync_labels(
+    ctx: &Context,
+    label: &str,
+    has: &[String],
+    ready: &[&String],
+) -> Result<(), Error> {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
     for node in ready.iter().filter(|n| !has.contains(n)) {
         let patch =
             serde_json::json!({ "metadata": { "labels": { label: node_label::READY_VALUE } } });
@@ -533,9 +715,11 @@ async fn write_status(
 ) -> Result<(DatasetStatus, Option<Duration>), Error> {
     let ns = ds.namespace().ok_or(Error::NoNamespace)?;
     let name = ds.name_any();
+    let selector = selector::describe(&ds.spec);
     let new = status::compute(&StatusInput {
         namespace: &ns,
         name: &name,
+        selector: &selector,
         generation: ds.metadata.generation,
         nodes: reports,
         revision,
@@ -562,6 +746,15 @@ async fn write_status(
     )
     .await?;
     ctx.memo(&key, |m| m.last_status_write = Some(Instant::now()));
+    ctx.metrics.status_written();
+    for (warning, reason, note) in status::milestones(ds.status.as_ref(), &new) {
+        let type_ = if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.event(ds, type_, &reason, note).await;
+    }
     Ok((new, None))
 }
 
@@ -581,16 +774,23 @@ async fn cleanup(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
         namespace: ns.clone(),
         name: name.clone(),
     };
-    for pod in agent_pods(&pods.items).values().filter(|p| p.ready) {
-        let client = AgentClient::new(
-            &pod.pod_ip,
-            ctx.settings.control_port,
-            ctx.token.clone(),
-            ctx.settings.call_timeout,
-        )?;
-        client.remove(dataset.clone()).await?;
+    let removals = agent_pods(&pods.items)
+        .into_values()
+        .filter(|p| p.ready)
+        .map(|pod| {
+            let dataset = dataset.clone();
+            async move {
+                let r = ctx.agent(&pod.pod_ip)?.remove(dataset).await;
+                ctx.count_call("remove", &r);
+                r
+            }
+        });
+    for result in futures::future::join_all(removals).await {
+        result?;
     }
-    sync_labels(ctx, &node_label::key(&ns, &name), &[]).await?;
+    let label = node_label::key(&ns, &name);
+    let labelled = labelled_nodes(ctx, &label).await?;
+    sync_labels(ctx, &label, &labelled, &[]).await?;
     let key = ObjectRef::from_obj(ds);
     ctx.memos
         .lock()

@@ -4,12 +4,15 @@
 //! Module order follows the data: [`crd`] (what users write) →
 //! [`plan`] (which agents fetch which chunks from the origin, who peers with
 //! whom) → [`status`] (what users read) and [`node_label`] (how pods find
-//! nodes holding a copy).
+//! nodes holding a copy). Around them: [`leader`] (only one replica acts)
+//! and [`admin`] (`/livez`, `/readyz`, `/metrics`).
 
+pub mod admin;
 pub mod agents;
 pub mod assignment;
 pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod node_label;
 pub mod plan;
 pub mod quantity;

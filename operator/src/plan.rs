@@ -94,6 +94,36 @@ impl Plan {
     }
 }
 
+/// The plan the agents already follow, as they report it: a restarted
+/// operator continues from it, so the attestations the agents hold stay
+/// valid and nothing is fetched twice. The latest generation wins; peers
+/// are recomputed.
+pub fn from_agents<'a>(
+    revision: &str,
+    chunk_count: u32,
+    reports: impl IntoIterator<Item = &'a pb::DatasetProgress>,
+) -> Option<Plan> {
+    let latest = reports
+        .into_iter()
+        .filter(|p| p.revision == revision && !p.fetchers.is_empty())
+        .max_by_key(|p| p.plan_generation)?;
+    Some(Plan {
+        generation: latest.plan_generation,
+        revision: revision.to_owned(),
+        chunk_count,
+        fetchers: latest
+            .fetchers
+            .iter()
+            .map(|f| Fetcher {
+                node_name: f.node_name.clone(),
+                public_key: f.public_key.clone(),
+                ranges: f.ranges.iter().map(|r| r.start..r.end).collect(),
+            })
+            .collect(),
+        peers: BTreeMap::new(),
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("no ready agent on the selected nodes")]
@@ -426,6 +456,32 @@ mod tests {
         let mut shuffled = agents.clone();
         shuffled.reverse();
         assert_eq!(plan(&input(&l, &shuffled, Some(&p1), 3)).unwrap(), p1);
+    }
+
+    #[test]
+    fn a_restarted_operator_keeps_the_fetchers_the_agents_report() {
+        let l = layout(&[64 * MIB]);
+        let agents: Vec<_> = (0..8).map(agent).collect();
+        // Discovery order after a restart differs, but the plan stays.
+        let before = plan(&input(&l, &agents, None, 3)).unwrap();
+        let progress = |generation| pb::DatasetProgress {
+            revision: before.revision.clone(),
+            plan_generation: generation,
+            fetchers: before.fetchers_pb(),
+            ..Default::default()
+        };
+        let stale = pb::DatasetProgress {
+            fetchers: vec![],
+            ..progress(before.generation)
+        };
+        let reports = [stale, progress(before.generation)];
+        let recovered = from_agents(&before.revision, l.chunk_count(), &reports).unwrap();
+        let mut shuffled = agents.clone();
+        shuffled.rotate_left(3);
+        let after = plan(&input(&l, &shuffled, Some(&recovered), 3)).unwrap();
+        assert_eq!(after.fetchers, before.fetchers);
+        assert!(after.generation > before.generation || after == before);
+        assert!(from_agents("other", l.chunk_count(), &reports).is_none());
     }
 
     #[test]

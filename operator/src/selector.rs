@@ -37,6 +37,35 @@ pub fn selects(spec: &DatasetSpec, node: &Node) -> bool {
     selector_ok && expressions_ok && taints_ok
 }
 
+/// The selector in words, for messages: `gpu=true, zone In (a, b)`, or
+/// `every node` when nothing restricts it.
+pub fn describe(spec: &DatasetSpec) -> String {
+    let mut parts: Vec<String> = spec
+        .node_selector
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in spec.match_expressions.iter().flatten() {
+        let op = match e.operator {
+            SelectorOperator::In => "In",
+            SelectorOperator::NotIn => "NotIn",
+            SelectorOperator::Exists => "Exists",
+            SelectorOperator::DoesNotExist => "DoesNotExist",
+        };
+        if e.values.is_empty() {
+            parts.push(format!("{} {op}", e.key));
+        } else {
+            parts.push(format!("{} {op} ({})", e.key, e.values.join(", ")));
+        }
+    }
+    if parts.is_empty() {
+        "every node".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// The Kubernetes toleration matching rules (numeric `Lt`/`Gt`, behind a
 /// feature gate upstream, never match).
 fn tolerates(tol: &Toleration, taint: &Taint) -> bool {

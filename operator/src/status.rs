@@ -73,6 +73,8 @@ pub struct RevisionInfo {
 pub struct StatusInput<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
+    /// The node selector in words (see `selector::describe`).
+    pub selector: &'a str,
     pub generation: Option<i64>,
     /// Selected nodes and what each reported.
     pub nodes: &'a BTreeMap<String, NodeReport>,
@@ -172,7 +174,10 @@ pub fn compute(input: &StatusInput<'_>) -> DatasetStatus {
         conditions.push((PROGRESSING, false, p.reason.into(), p.message.clone()));
         conditions.push((DEGRADED, true, p.reason.into(), p.message.clone()));
     } else if all == 0 {
-        let msg = "no node with a ready agent matches the node selector".to_owned();
+        let msg = format!(
+            "no node running a swarmseed agent matches the selector ({}) or tolerates its taints",
+            input.selector
+        );
         conditions.push((READY, false, reason::NO_MATCHING_NODES.into(), msg.clone()));
         conditions.push((PROGRESSING, false, reason::NO_MATCHING_NODES.into(), msg));
         conditions.push((DEGRADED, false, reason::AS_EXPECTED.into(), String::new()));
@@ -286,6 +291,34 @@ fn condition(
     }
 }
 
+/// A milestone or failure worth a Kubernetes Event: (warning, reason,
+/// note).
+pub type Milestone = (bool, String, String);
+
+/// The Events a status change deserves: Ready turning true (a milestone),
+/// and Degraded turning true or changing its reason (a warning).
+pub fn milestones(stored: Option<&DatasetStatus>, new: &DatasetStatus) -> Vec<Milestone> {
+    let find = |s: Option<&DatasetStatus>, t: &str| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
+            .map(|c| (c.status == "True", c.reason.clone()))
+    };
+    let mut out = Vec::new();
+    let now = |t: &str| new.conditions.iter().find(|c| c.type_ == t);
+    if let Some(c) = now(READY)
+        && c.status == "True"
+        && find(stored, READY).is_none_or(|(ok, _)| !ok)
+    {
+        out.push((false, c.reason.clone(), c.message.clone()));
+    }
+    if let Some(c) = now(DEGRADED)
+        && c.status == "True"
+        && find(stored, DEGRADED).is_none_or(|(ok, r)| !ok || r != c.reason)
+    {
+        out.push((true, c.reason.clone(), c.message.clone()));
+    }
+    out
+}
+
 /// Whether `new` differs from what is stored (no write otherwise).
 pub fn needs_write(stored: Option<&DatasetStatus>, new: &DatasetStatus) -> bool {
     stored != Some(new)
@@ -365,6 +398,7 @@ mod tests {
         compute(&StatusInput {
             namespace: "ml",
             name: "llama",
+            selector: "gpu=true",
             generation: Some(3),
             nodes,
             revision: Some(&r),
@@ -376,6 +410,35 @@ mod tests {
 
     fn cond<'a>(s: &'a DatasetStatus, t: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn events_mark_ready_once_and_each_new_degradation() {
+        let seeding = run(
+            &nodes(vec![progress(DatasetState::Transferring, 1, 0)]),
+            None,
+            at(0),
+        );
+        assert!(milestones(None, &seeding).is_empty());
+        let ready = run(
+            &nodes(vec![progress(DatasetState::Ready, 1, 0)]),
+            Some(&seeding),
+            at(1),
+        );
+        let m = milestones(Some(&seeding), &ready);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(!m[0].0);
+        assert_eq!(m[0].1, cond(&ready, READY).reason);
+        assert!(milestones(Some(&ready), &ready).is_empty(), "no repeat");
+        let bad = run(
+            &nodes(vec![failed(reason::DIGEST_MISMATCH, "content differs")]),
+            Some(&ready),
+            at(2),
+        );
+        let m = milestones(Some(&ready), &bad);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!((m[0].0, m[0].1.as_str()), (true, reason::DIGEST_MISMATCH));
+        assert!(milestones(Some(&bad), &bad).is_empty(), "no repeat");
     }
 
     #[test]
@@ -487,6 +550,7 @@ mod tests {
         let n = BTreeMap::new();
         let s = run(&n, None, at(0));
         assert_eq!(cond(&s, READY).reason, "NoMatchingNodes");
+        assert!(cond(&s, READY).message.contains("(gpu=true)"));
         assert_eq!(cond(&s, DEGRADED).status, "False");
         let problem = DatasetProblem {
             reason: reason::SOURCE_UNAVAILABLE,
@@ -495,6 +559,7 @@ mod tests {
         let s = compute(&StatusInput {
             namespace: "ml",
             name: "llama",
+            selector: "gpu=true",
             generation: Some(1),
             nodes: &n,
             revision: None,

@@ -140,6 +140,7 @@ async fn kubectl_applies_the_crd_and_shows_dataset_progress() {
     let st = status::compute(&StatusInput {
         namespace: "default",
         name: "llama",
+        selector: "every node",
         generation: ds.metadata.generation,
         nodes: &nodes,
         revision: Some(&info),

@@ -211,7 +211,7 @@ fn parse_body(body: &Bytes, yaml: bool) -> Result<Value, ApiError> {
             "UnsupportedMediaType",
             "the body of the request was in an unknown format - accepted media types include: \
              application/json, application/yaml (this stand-in decodes protobuf only for \
-             ConfigMap, Secret, Namespace and ServiceAccount)",
+             ConfigMap, Secret, Namespace, ServiceAccount and DeleteOptions)",
         ));
     }
     match serde_json::from_slice::<Value>(body) {

@@ -1,5 +1,6 @@
 //! Just enough of the Kubernetes protobuf encoding to accept the bodies
-//! typed clients send (`kubectl create secret|configmap|namespace|serviceaccount`).
+//! typed clients send (`kubectl create secret|configmap|namespace|serviceaccount`,
+//! the DeleteOptions of Helm's release storage).
 
 use serde_json::{Map, Value, json};
 
@@ -144,6 +145,9 @@ pub(crate) fn decode(body: &[u8]) -> Option<Value> {
     let mut obj = Map::new();
     obj.insert("apiVersion".into(), api_version);
     obj.insert("kind".into(), json!(kind));
+    if kind == "DeleteOptions" {
+        return delete_options(raw, obj);
+    }
     let (mut data, mut extra) = (Map::new(), Map::new());
     for (n, f) in fields(raw)? {
         match (kind.as_str(), n, f) {
@@ -180,6 +184,42 @@ pub(crate) fn decode(body: &[u8]) -> Option<Value> {
     Some(Value::Object(obj))
 }
 
+/// `DeleteOptions`, as typed clients (Helm's release storage) send them
+/// with a DELETE.
+fn delete_options(raw: &[u8], mut obj: Map<String, Value>) -> Option<Value> {
+    let mut dry_run = Vec::new();
+    for (n, f) in fields(raw)? {
+        match (n, f) {
+            (1, Field::Varint(v)) => {
+                // int64 as a varint: two's complement for negative values.
+                let secs = i64::from_ne_bytes(v.to_ne_bytes());
+                drop(obj.insert("gracePeriodSeconds".into(), json!(secs)));
+            }
+            (2, Field::Bytes(x)) => {
+                let mut pre = Map::new();
+                for (pn, pf) in fields(x)? {
+                    match (pn, pf) {
+                        (1, Field::Bytes(y)) => drop(pre.insert("uid".into(), text(y)?)),
+                        (2, Field::Bytes(y)) => {
+                            drop(pre.insert("resourceVersion".into(), text(y)?));
+                        }
+                        _ => {}
+                    }
+                }
+                obj.insert("preconditions".into(), Value::Object(pre));
+            }
+            (3, Field::Varint(v)) => drop(obj.insert("orphanDependents".into(), json!(v != 0))),
+            (4, Field::Bytes(x)) => drop(obj.insert("propagationPolicy".into(), text(x)?)),
+            (5, Field::Bytes(x)) => dry_run.push(text(x)?),
+            _ => {}
+        }
+    }
+    if !dry_run.is_empty() {
+        obj.insert("dryRun".into(), Value::Array(dry_run));
+    }
+    Some(Value::Object(obj))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +252,27 @@ mod tests {
             )
         );
         assert_eq!(base64(b"ab"), "YWI=");
+    }
+
+    #[test]
+    fn decodes_delete_options() {
+        let pre = [field(1, b"u-1"), field(2, b"42")].concat();
+        let opts = [
+            vec![1 << 3, 30],
+            field(2, &pre),
+            field(4, b"Background"),
+            field(5, b"All"),
+        ]
+        .concat();
+        let tm = [field(1, b"v1"), field(2, b"DeleteOptions")].concat();
+        let body = [MAGIC.to_vec(), field(1, &tm), field(2, &opts)].concat();
+        assert_eq!(
+            decode(&body),
+            Some(
+                json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 30,
+                "preconditions": {"uid": "u-1", "resourceVersion": "42"},
+                "propagationPolicy": "Background", "dryRun": ["All"]})
+            )
+        );
     }
 }

@@ -206,6 +206,15 @@ const BUILTINS: &[Builtin] = &[
         false,
         false,
     ),
+    b(
+        "policy",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        true,
+        &["pdb"],
+        true,
+        false,
+    ),
 ];
 
 const fn b(
