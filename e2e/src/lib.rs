@@ -14,6 +14,7 @@
 pub mod apiserver;
 pub mod cluster;
 pub mod cmd;
+pub mod demo;
 pub mod error;
 pub mod kube_objects;
 pub mod naming;
@@ -31,6 +32,22 @@ pub mod stub_agent;
 /// the first TLS-capable client panics.
 pub fn init_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }
 
 /// Binds a TCP listener and reports the address it got (port 0: any).

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use swarmseed_e2e::cluster::{Cluster, ClusterSpec, NetworkMode, find_e2e_binary};
 use swarmseed_e2e::origin::http::{OriginCounters, serve};
 use swarmseed_e2e::origin::proxy::TcpProxy;
-use swarmseed_e2e::{apiserver, netbench, stub_agent};
+use swarmseed_e2e::{apiserver, netbench, shutdown_signal, stub_agent};
 
 /// swarmseed's test cluster: the Kubernetes API stand-in, nodes in network
 /// namespaces with shaped links, origins that count what they serve.
@@ -23,6 +23,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The product end to end: a local cluster with real agents and the
+    /// operator seeds a generated model-like dataset from an HTTP origin;
+    /// shows per-node progress, verifies every node's copy, prints the
+    /// figures.
+    Demo(swarmseed_e2e::demo::DemoArgs),
     /// Run the Kubernetes API stand-in alone.
     Apiserver(apiserver::CliArgs),
     /// Start a cluster (API stand-in, nodes, agents, optional origins) and
@@ -163,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
     swarmseed_e2e::init_crypto();
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo(args) => swarmseed_e2e::demo::run(args, shutdown_signal()).await?,
         Command::Apiserver(args) => apiserver::run_cli(args).await?,
         Command::Cluster(args) => run_cluster(args).await?,
         Command::OriginHttp(args) => {
@@ -302,20 +308,4 @@ async fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
     drop(_http);
     cluster.stop().await;
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }

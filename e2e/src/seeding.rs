@@ -8,6 +8,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use swarmseed_proto::pb;
 
 use crate::error::{Error, Result};
 use crate::process::ChildSpec;
@@ -180,12 +181,78 @@ impl SeedCluster {
         }
     }
 
+    /// What each node's agent reports for `ns/name` (asked directly with
+    /// the control token, as the operator does); `None` for an agent that
+    /// holds nothing of it or does not answer.
+    pub async fn agent_progress(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Vec<(String, Option<pb::DatasetProgress>)> {
+        let dataset = pb::DatasetRef {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+        };
+        let token = self.cluster.control_token().to_owned();
+        let asks = self.cluster.nodes().iter().map(|n| {
+            let (dataset, token) = (dataset.clone(), token.clone());
+            let addr = n.control_addr();
+            async move {
+                let progress = agent_status(addr, &token, dataset.clone())
+                    .await
+                    .ok()
+                    .and_then(|s| {
+                        s.datasets
+                            .into_iter()
+                            .find(|d| d.dataset.as_ref() == Some(&dataset))
+                    });
+                (n.name.clone(), progress)
+            }
+        });
+        futures::future::join_all(asks).await
+    }
+
     /// The tail of an operator's log (for failure messages).
     pub fn operator_log(&self, identity: &str) -> String {
         let path = self.cluster.work_dir().join(format!("{identity}.log"));
         let s = std::fs::read_to_string(path).unwrap_or_default();
         s[s.len().saturating_sub(6000)..].to_string()
     }
+}
+
+/// GetStatus of the agent at `addr` for `dataset`, bounded to 5 s.
+async fn agent_status(
+    addr: std::net::SocketAddr,
+    token: &str,
+    dataset: pb::DatasetRef,
+) -> Result<pb::AgentStatus> {
+    let fail = |e: &dyn std::fmt::Display| Error::network(format!("agent at {addr}"), e);
+    let bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {token}").parse().map_err(|e| fail(&e))?;
+    let call = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| fail(&e))?
+            .connect()
+            .await
+            .map_err(|e| fail(&e))?;
+        let mut client = pb::agent_control_client::AgentControlClient::with_interceptor(
+            channel,
+            move |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert("authorization", bearer.clone());
+                Ok(r)
+            },
+        );
+        client
+            .get_status(pb::GetStatusRequest {
+                dataset: Some(dataset),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| fail(&e))
+    };
+    tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .map_err(|_| fail(&"no answer within 5s"))?
 }
 
 /// Runs `kubectl --kubeconfig <kubeconfig> args…` with `stdin`, bounded.

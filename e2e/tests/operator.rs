@@ -616,36 +616,10 @@ async fn a_killed_operator_is_replaced_and_nothing_is_transferred_twice() {
 
 /// The highest plan generation any agent follows for ml/big.
 async fn plan_generations(c: &SeedCluster) -> u64 {
-    let mut max = 0;
-    for n in c.cluster.nodes() {
-        let url = format!("http://{}", n.control_addr());
-        let Ok(ch) = tonic::transport::Endpoint::from_shared(url)
-            .unwrap()
-            .connect()
-            .await
-        else {
-            continue;
-        };
-        let token: tonic::metadata::MetadataValue<_> =
-            format!("Bearer {}", c.cluster.control_token())
-                .parse()
-                .unwrap();
-        let mut client =
-            swarmseed_proto::pb::agent_control_client::AgentControlClient::with_interceptor(
-                ch,
-                move |mut r: tonic::Request<()>| {
-                    r.metadata_mut().insert("authorization", token.clone());
-                    Ok(r)
-                },
-            );
-        if let Ok(s) = client
-            .get_status(swarmseed_proto::pb::GetStatusRequest { dataset: None })
-            .await
-        {
-            for d in s.into_inner().datasets {
-                max = max.max(d.plan_generation);
-            }
-        }
-    }
-    max
+    c.agent_progress(NS, "big")
+        .await
+        .into_iter()
+        .filter_map(|(_, p)| p.map(|p| p.plan_generation))
+        .max()
+        .unwrap_or(0)
 }
