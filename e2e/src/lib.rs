@@ -12,6 +12,7 @@
 //! The `e2e` binary exposes the same pieces as subcommands.
 
 pub mod apiserver;
+pub mod bench;
 pub mod cluster;
 pub mod cmd;
 pub mod demo;

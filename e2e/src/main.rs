@@ -48,6 +48,11 @@ enum Command {
     /// against raw TCP on loopback in the same run (throughput, flush time,
     /// peak RSS).
     PeerBench(swarmseed_e2e::peerbench::PeerBenchArgs),
+    /// Benchmark: seed a generated dataset through kubectl, the operator and
+    /// the agents on N nodes with shaped links; report the makespan against
+    /// the Kumar–Ross bound T*, origin bytes, a naive every-node-downloads
+    /// baseline, one peer link against raw TCP, peak RSS, CPU and disk.
+    Bench(swarmseed_e2e::bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -213,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
             let report = swarmseed_e2e::peerbench::run(args).await?;
             swarmseed_e2e::peerbench::print(&report, json)?;
         }
+        Command::Bench(args) => swarmseed_e2e::bench::main(args, shutdown_signal()).await?,
     }
     Ok(())
 }

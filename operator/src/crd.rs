@@ -30,6 +30,11 @@ pub const DEFAULT_MAX_FETCHERS: u32 = 4;
 /// Entries kept in `status.failedNodes`.
 pub const MAX_FAILED_NODES: usize = 10;
 
+/// Entries kept in `status.nodeProgress`: the first nodes by name. Beyond
+/// it the list is cut short (the object must stay well under the API
+/// server's size limit) and `status.nodes` stays the authoritative count.
+pub const MAX_NODE_PROGRESS: usize = 256;
+
 /// URI schemes a source may use.
 pub const SOURCE_SCHEMES: [&str; 6] = ["s3", "gs", "az", "http", "https", "hf"];
 
@@ -323,6 +328,15 @@ pub struct DatasetStatus {
     #[schemars(length(max = 10))]
     pub failed_nodes: Vec<FailedNode>,
 
+    /// Progress of each selected node, sorted by node name, so that people
+    /// without access to the agents can follow a copy (`kubectl swarmseed
+    /// status`). At most 256 entries: with more selected nodes the list
+    /// holds the first 256 by name, and `nodes` stays the authoritative
+    /// count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub node_progress: Vec<NodeProgress>,
+
     /// `Ready` (every selected node holds a verified copy), `Progressing`
     /// (bytes are moving), `Degraded` (some node failed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -346,6 +360,60 @@ pub struct NodeCounts {
     /// Nodes that stopped on an error.
     #[serde(default)]
     pub failed: u32,
+}
+
+/// Where one selected node stands with the current revision.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeProgress {
+    /// Node name.
+    pub node: String,
+    /// Where the node is with the current revision.
+    pub state: NodeProgressState,
+    /// Bytes of the current revision the node holds verified.
+    #[serde(default)]
+    pub bytes_verified: u64,
+    /// Size of the current revision (what `bytesVerified` grows to).
+    #[serde(default)]
+    pub bytes_total: u64,
+    /// Bytes of the current revision the node read from the origin.
+    #[serde(default)]
+    pub bytes_from_origin: u64,
+    /// Bytes of the current revision the node received from peers.
+    #[serde(default)]
+    pub bytes_from_peers: u64,
+}
+
+/// Where a node is with the current revision.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum NodeProgressState {
+    /// Nothing of the current revision yet (not assigned, not started, or
+    /// the source is not listed yet).
+    Pending,
+    /// Chunks are moving.
+    Transferring,
+    /// Every chunk verified; flushing and publishing.
+    Publishing,
+    /// Holds a verified copy of the current revision.
+    Ready,
+    /// Stopped on an error (see `failedNodes`).
+    Failed,
+    /// Its agent could not be asked; the bytes are the last ones known.
+    Unreachable,
+}
+
+impl NodeProgressState {
+    /// The name used in the API (`Ready`, `Failed`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Transferring => "Transferring",
+            Self::Publishing => "Publishing",
+            Self::Ready => "Ready",
+            Self::Failed => "Failed",
+            Self::Unreachable => "Unreachable",
+        }
+    }
 }
 
 /// A node that failed, and why.

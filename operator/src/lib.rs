@@ -5,7 +5,8 @@
 //! [`plan`] (which agents fetch which chunks from the origin, who peers with
 //! whom) → [`status`] (what users read) and [`node_label`] (how pods find
 //! nodes holding a copy). Around them: [`leader`] (only one replica acts)
-//! and [`admin`] (`/livez`, `/readyz`, `/metrics`).
+//! and [`admin`] (`/livez`, `/readyz`, `/metrics`). [`plugin`] renders what
+//! `kubectl swarmseed` prints.
 
 pub mod admin;
 pub mod agents;
@@ -15,6 +16,7 @@ pub mod crd;
 pub mod leader;
 pub mod node_label;
 pub mod plan;
+pub mod plugin;
 pub mod quantity;
 pub mod selector;
 pub mod status;

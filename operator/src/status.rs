@@ -12,7 +12,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use swarmseed_proto::ContentDigest;
 use swarmseed_proto::pb::{self, DatasetState};
 
-use crate::crd::{Dataset, DatasetStatus, FailedNode, MAX_FAILED_NODES, NodeCounts};
+use crate::crd::{
+    Dataset, DatasetStatus, FailedNode, MAX_FAILED_NODES, MAX_NODE_PROGRESS, NodeCounts,
+    NodeProgress, NodeProgressState,
+};
 use crate::node_label;
 use crate::quantity::human_bytes;
 
@@ -123,6 +126,67 @@ fn classify(node: &str, report: &NodeReport, revision: Option<&RevisionInfo>) ->
     }
 }
 
+/// One node's `nodeProgress` entry. Its state agrees with [`classify`]
+/// (what the counts say); bytes count only for the current revision. An
+/// unreachable node keeps the bytes last reported for this revision, so a
+/// blip does not reset its progress bar.
+fn progress_entry(
+    node: &str,
+    report: &NodeReport,
+    class: &NodeState,
+    revision: Option<&RevisionInfo>,
+    previous: Option<&DatasetStatus>,
+) -> NodeProgress {
+    let total = revision.map_or(0, |r| r.total_bytes);
+    let mut entry = NodeProgress {
+        node: node.to_owned(),
+        state: NodeProgressState::Pending,
+        bytes_verified: 0,
+        bytes_total: total,
+        bytes_from_origin: 0,
+        bytes_from_peers: 0,
+    };
+    match report {
+        NodeReport::Unreachable(_) => {
+            entry.state = NodeProgressState::Unreachable;
+            let last = previous
+                .filter(|p| revision.is_some_and(|r| p.revision.as_deref() == Some(&r.revision)))
+                .and_then(|p| p.node_progress.iter().find(|e| e.node == node));
+            if let Some(last) = last {
+                entry = NodeProgress {
+                    state: NodeProgressState::Unreachable,
+                    ..last.clone()
+                };
+            }
+        }
+        NodeReport::Progress(None) => {}
+        NodeReport::Progress(Some(p)) => {
+            if revision.is_some_and(|r| r.revision == p.revision) {
+                entry.bytes_verified = p.bytes_verified;
+                entry.bytes_total = p.bytes_total.max(p.bytes_verified);
+                if entry.bytes_total == 0 {
+                    entry.bytes_total = total;
+                }
+                entry.bytes_from_origin = p.bytes_from_origin;
+                entry.bytes_from_peers = p.bytes_from_peers;
+                entry.state = match (class, p.state()) {
+                    (NodeState::Ready, _) => NodeProgressState::Ready,
+                    (NodeState::Failed(_), _) => NodeProgressState::Failed,
+                    (_, DatasetState::Transferring) => NodeProgressState::Transferring,
+                    // Ready but not yet published as the current revision.
+                    (_, DatasetState::Publishing | DatasetState::Ready) => {
+                        NodeProgressState::Publishing
+                    }
+                    _ => NodeProgressState::Pending,
+                };
+            } else if let NodeState::Failed(_) = class {
+                entry.state = NodeProgressState::Failed;
+            }
+        }
+    }
+    entry
+}
+
 /// The status the Dataset should have.
 pub fn compute(input: &StatusInput<'_>) -> DatasetStatus {
     let rev = input.revision;
@@ -131,10 +195,16 @@ pub fn compute(input: &StatusInput<'_>) -> DatasetStatus {
         ..Default::default()
     };
     let mut failed = Vec::new();
+    let mut node_progress = Vec::new();
     let (mut from_origin, mut from_peers) = (0u64, 0u64);
     let mut content_digest = None;
+    // BTreeMap order: the entries are sorted by node name.
     for (node, report) in input.nodes {
-        match classify(node, report, rev) {
+        let class = classify(node, report, rev);
+        if node_progress.len() < MAX_NODE_PROGRESS {
+            node_progress.push(progress_entry(node, report, &class, rev, input.previous));
+        }
+        match class {
             NodeState::Ready => counts.ready += 1,
             NodeState::Seeding => counts.seeding += 1,
             NodeState::Failed(f) => failed.push(f),
@@ -257,6 +327,7 @@ pub fn compute(input: &StatusInput<'_>) -> DatasetStatus {
             .filter(|t| *t > 0)
             .map(|t| format!("{:.2}x", from_origin as f64 / t as f64)),
         failed_nodes: failed,
+        node_progress,
         conditions,
     }
 }
@@ -358,6 +429,8 @@ mod tests {
             revision: REV.into(),
             bytes_from_origin: origin,
             bytes_from_peers: peers,
+            bytes_verified: origin + peers,
+            bytes_total: 4 << 30,
             ..Default::default()
         };
         p.set_state(state);
@@ -601,6 +674,156 @@ mod tests {
             at(0),
             "Degraded stayed False"
         );
+    }
+
+    fn entry(
+        node: &str,
+        state: NodeProgressState,
+        verified: u64,
+        origin: u64,
+        peers: u64,
+    ) -> NodeProgress {
+        NodeProgress {
+            node: node.into(),
+            state,
+            bytes_verified: verified,
+            bytes_total: 4 << 30,
+            bytes_from_origin: origin,
+            bytes_from_peers: peers,
+        }
+    }
+
+    #[test]
+    fn node_progress_shows_each_node_with_its_origin_peer_split() {
+        let mut old = pb::DatasetProgress {
+            revision: "ff".repeat(32),
+            published_revision: "ff".repeat(32),
+            bytes_verified: 9 << 30,
+            bytes_total: 9 << 30,
+            ..Default::default()
+        };
+        old.set_state(DatasetState::Ready);
+        let mut publishing = pb::DatasetProgress {
+            revision: REV.into(),
+            bytes_verified: 4 << 30,
+            bytes_total: 4 << 30,
+            bytes_from_peers: 4 << 30,
+            ..Default::default()
+        };
+        publishing.set_state(DatasetState::Publishing);
+        let n: BTreeMap<String, NodeReport> = [
+            // Inserted out of order: the list comes out sorted.
+            ("gpu-e", NodeReport::Unreachable("refused".into())),
+            ("gpu-a", progress(DatasetState::Ready, 1 << 30, 3 << 30)),
+            ("gpu-c", NodeReport::Progress(None)),
+            (
+                "gpu-b",
+                progress(DatasetState::Transferring, 1 << 30, 512 << 20),
+            ),
+            ("gpu-d", failed("InsufficientStorage", "disk full")),
+            // Still holding an older revision: nothing of this one yet.
+            ("gpu-f", NodeReport::Progress(Some(Box::new(old)))),
+            ("gpu-g", NodeReport::Progress(Some(Box::new(publishing)))),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let s = run(&n, None, at(0));
+        use NodeProgressState::*;
+        assert_eq!(
+            s.node_progress,
+            [
+                entry("gpu-a", Ready, 4 << 30, 1 << 30, 3 << 30),
+                entry("gpu-b", Transferring, 1536 << 20, 1 << 30, 512 << 20),
+                entry("gpu-c", Pending, 0, 0, 0),
+                entry("gpu-d", Failed, 0, 0, 0),
+                entry("gpu-e", Unreachable, 0, 0, 0),
+                entry("gpu-f", Pending, 0, 0, 0),
+                entry("gpu-g", Publishing, 4 << 30, 0, 4 << 30),
+            ]
+        );
+        // The per-node split adds up to the Dataset's totals.
+        let origin: u64 = s.node_progress.iter().map(|e| e.bytes_from_origin).sum();
+        let peers: u64 = s.node_progress.iter().map(|e| e.bytes_from_peers).sum();
+        assert_eq!((origin, peers), (s.bytes_from_origin, s.bytes_from_peers));
+        // Its states agree with the counts.
+        assert_eq!(
+            s.nodes,
+            NodeCounts {
+                desired: 7,
+                ready: 1,
+                seeding: 4,
+                failed: 2
+            }
+        );
+    }
+
+    #[test]
+    fn an_unreachable_node_keeps_its_last_known_bytes() {
+        let before = nodes(vec![progress(DatasetState::Transferring, 1 << 30, 0)]);
+        let s1 = run(&before, None, at(0));
+        let blip = nodes(vec![NodeReport::Unreachable("timed out".into())]);
+        let s2 = run(&blip, Some(&s1), at(1));
+        assert_eq!(
+            s2.node_progress,
+            [entry(
+                "node-0",
+                NodeProgressState::Unreachable,
+                1 << 30,
+                1 << 30,
+                0
+            )]
+        );
+        // Not for another revision: those bytes mean nothing for this one.
+        let mut other = s1.clone();
+        other.revision = Some("ff".repeat(32));
+        let s3 = run(&blip, Some(&other), at(1));
+        assert_eq!(s3.node_progress[0].bytes_verified, 0);
+    }
+
+    #[test]
+    fn node_progress_is_bounded_and_the_counts_stay_exact() {
+        let n: BTreeMap<String, NodeReport> = (0..300)
+            .map(|i| {
+                (
+                    format!("node-{i:03}"),
+                    progress(DatasetState::Ready, 0, 4 << 30),
+                )
+            })
+            .collect();
+        let s = run(&n, None, at(0));
+        assert_eq!(s.node_progress.len(), MAX_NODE_PROGRESS);
+        assert_eq!(s.node_progress[0].node, "node-000");
+        assert_eq!(s.node_progress[255].node, "node-255");
+        assert_eq!((s.nodes.desired, s.nodes.ready), (300, 300));
+        assert_eq!(s.bytes_from_peers, 300 * (4 << 30));
+    }
+
+    #[test]
+    fn a_node_making_progress_is_a_change_worth_writing() {
+        let mut p = pb::DatasetProgress {
+            revision: REV.into(),
+            bytes_verified: 1 << 20,
+            bytes_total: 4 << 30,
+            ..Default::default()
+        };
+        p.set_state(DatasetState::Transferring);
+        let s1 = run(
+            &nodes(vec![NodeReport::Progress(Some(Box::new(p.clone())))]),
+            None,
+            at(0),
+        );
+        // Verified bytes grow (chunks reused from an older revision, say)
+        // while the origin/peer totals stay put.
+        p.bytes_verified = 2 << 20;
+        let s2 = run(
+            &nodes(vec![NodeReport::Progress(Some(Box::new(p)))]),
+            Some(&s1),
+            at(1),
+        );
+        assert_eq!(s1.bytes_from_origin, s2.bytes_from_origin);
+        assert!(needs_write(Some(&s1), &s2));
+        assert!(!needs_write(Some(&s2), &s2));
     }
 
     #[test]

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Regenerates the "Seeding through the operator" section of
+# e2e/bench/RESULTS.md: runs `e2e bench` for the target configurations and
+# writes their table between the section's markers, keeping the rest of
+# the file. Needs root (network namespaces, tc-shaped links) and kubectl.
+#
+#   e2e/bench/run.sh                     the target configurations (~30 min)
+#   e2e/bench/run.sh --quick             two small configurations (~2 min)
+#   e2e/bench/run.sh --results FILE      write FILE instead of RESULTS.md
+#   e2e/bench/run.sh --no-build          use target/release as it is
+#
+# One run per configuration. The machine is usually shared: the ratios are
+# measured against baselines taken in the same run, absolute times are not
+# comparable between runs.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+results=e2e/bench/RESULTS.md
+quick=false
+build=true
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=true ;;
+    --no-build) build=false ;;
+    --results)
+      results=${2:?--results needs a file}
+      shift
+      ;;
+    -h | --help)
+      sed -n '2,14p' "$0"
+      exit 0
+      ;;
+    *)
+      echo "run.sh: unknown argument $1 (see --help)" >&2
+      exit 2
+      ;;
+  esac
+  shift
+done
+
+if [ "$(id -u)" != 0 ]; then
+  echo "run.sh: needs root (network namespaces and tc-shaped links)" >&2
+  exit 1
+fi
+
+note=""
+if $quick; then
+  note="Smoke configurations (\`e2e/bench/run.sh --quick\`), not the targets: \
+small datasets, where the fixed costs (kubectl, listing, planning, fsync at \
+publication) weigh heavily against T*."
+  configs=(
+    "--nodes 4 --size 64MiB --link-mbit 200"
+    "--nodes 4 --size 16MiB --link-mbit 200 --small-files 2000"
+  )
+else
+  configs=(
+    "--nodes 4 --size 1GiB --link-mbit 200"
+    "--nodes 8 --size 1GiB --link-mbit 200"
+    "--nodes 16 --size 256MiB --link-mbit 100"
+    "--nodes 8 --size 256MiB --link-mbit 200 --small-files 50000"
+  )
+fi
+
+if $build; then
+  # The agent, the operator and e2e: `e2e bench` starts the first two.
+  cargo build --release --locked --workspace --bins
+fi
+bin=target/release/e2e
+reports=$(mktemp)
+log=$(mktemp)
+trap 'rm -f "$reports" "$log"' EXIT
+
+for config in "${configs[@]}"; do
+  echo "+ e2e bench $config --json" >&2
+  # $config is split into arguments on purpose.
+  # shellcheck disable=SC2086
+  "$bin" bench $config --json | tee "$log"
+  # The last stdout line is the JSON report.
+  tail -n 1 "$log" >>"$reports"
+done
+
+"$bin" bench render --input "$reports" --results "$results" \
+  --date "$(date -u +%Y-%m-%d)" --note "$note"
+echo "run.sh: wrote $results" >&2
