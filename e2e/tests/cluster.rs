@@ -338,7 +338,19 @@ async fn start_sweeps_leftovers_of_dead_owners_only() {
 /// addresses, the reason printed, and a clean exit on Ctrl-C.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unprivileged_cluster_falls_back_to_loopback_and_says_why() {
+    use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncBufReadExt, BufReader};
+    // The unprivileged user may not reach the build directory (a checkout
+    // in a private directory): run a world-readable copy of the binary.
+    let bin_dir = tempfile::Builder::new()
+        .prefix("e2e-bin")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = bin_dir.path().join("e2e");
+    std::fs::copy(E2E, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = bin.to_str().unwrap();
     let mut cmd = if is_root() {
         if !swarmseed_e2e::cmd::on_path("setpriv") {
             eprintln!("SKIP: setpriv missing, cannot drop privileges");
@@ -350,18 +362,18 @@ async fn unprivileged_cluster_falls_back_to_loopback_and_says_why() {
             "--regid=65534",
             "--clear-groups",
             "--",
-            E2E,
+            bin,
         ]);
         c
     } else {
-        tokio::process::Command::new(E2E)
+        tokio::process::Command::new(bin)
     };
     cmd.args([
         "cluster",
         "--nodes",
         "2",
         "--agent-binary",
-        E2E,
+        bin,
         "--agent-arg",
         "stub-agent",
     ])
