@@ -38,12 +38,25 @@ impl ApplyError {
             Self::Origin(e) => e.label(),
         }
     }
+
+    /// The condition reason the operator shows for a refused assignment.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "InvalidAssignment",
+            Self::Layout(_) => "InvalidSource",
+            Self::Store(e) => e.reason(),
+            Self::Origin(e) => e.reason(),
+        }
+    }
 }
+
+/// gRPC metadata key of a refused assignment's condition reason.
+pub use swarmseed_proto::REASON_METADATA;
 
 impl From<ApplyError> for tonic::Status {
     fn from(e: ApplyError) -> Self {
         let msg = e.to_string();
-        match &e {
+        let mut status = match &e {
             ApplyError::Invalid(_) | ApplyError::Layout(_) => tonic::Status::invalid_argument(msg),
             ApplyError::Store(StoreError::UnsafePath { .. } | StoreError::InvalidName(_)) => {
                 tonic::Status::invalid_argument(msg)
@@ -56,7 +69,12 @@ impl From<ApplyError> for tonic::Status {
             }
             ApplyError::Store(StoreError::Io { .. }) => tonic::Status::internal(msg),
             ApplyError::Origin(_) => tonic::Status::invalid_argument(msg),
-        }
+        };
+        status.metadata_mut().insert(
+            REASON_METADATA,
+            tonic::metadata::MetadataValue::from_static(e.reason()),
+        );
+        status
     }
 }
 
@@ -352,5 +370,25 @@ impl TransferLookup for Agent {
             .flatten()
             .find(|t| t.revision() == *revision)
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_assignment_names_its_condition_reason() {
+        let e = ApplyError::Store(StoreError::InsufficientStorage {
+            root: "/var/lib/swarmseed".into(),
+            needed: 4 << 30,
+            free: 1 << 30,
+        });
+        let status = tonic::Status::from(e);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            status.metadata().get(REASON_METADATA).unwrap(),
+            "InsufficientStorage"
+        );
     }
 }

@@ -18,3 +18,4 @@ pub mod ratelimit;
 pub mod store;
 pub mod transfer;
 pub mod wire;
+pub mod writeback;

@@ -3,7 +3,8 @@
 //! ```text
 //! <root>/
 //!   agent.key                             Ed25519 identity (0600)
-//!   state/<ns>/<name>/assignment.pb       the assignment in force
+//!   state/                                owner only (0700): assignments hold credentials
+//!   state/<ns>/<name>/assignment.pb       the assignment in force (0600)
 //!   state/<ns>/<name>/<rev>.chunks        verified chunks of a revision (append-only log)
 //!   staging/<ns>/<name>/<rev>/...         files of a revision being filled
 //!   revisions/<ns>/<name>/<rev>/...       complete revisions, read-only
@@ -21,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -34,6 +35,8 @@ use prost::Message;
 use swarmseed_proto::layout::published_mode;
 use swarmseed_proto::pb;
 use swarmseed_proto::{ChunkDigest, ChunkLayout, RevisionId};
+
+use crate::writeback::WriteBehind;
 use thiserror::Error;
 
 /// A dataset's identity on the node: its Kubernetes namespace and name.
@@ -181,6 +184,7 @@ impl ChunkRecord {
 /// The node store under one root directory.
 pub struct NodeStore {
     root: PathBuf,
+    write_behind: WriteBehind,
 }
 
 impl NodeStore {
@@ -190,7 +194,13 @@ impl NodeStore {
             let p = root.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        Ok(Self { root })
+        // Assignments hold origin credentials and peer tokens: only the
+        // agent's user may enter (also on a root made by an older agent).
+        let state = root.join("state");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(&state))?;
+        let write_behind = WriteBehind::start().map_err(io_err("the write-behind thread"))?;
+        Ok(Self { root, write_behind })
     }
 
     pub fn root(&self) -> &Path {
@@ -291,6 +301,7 @@ impl NodeStore {
             published: Mutex::new(published),
             handles: Mutex::new(HandleCache::default()),
             linked: Mutex::new(vec![published; layout.files().len()]),
+            write_behind: self.write_behind.clone(),
         };
         if !published {
             self.check_space(&layout, previous)?;
@@ -466,7 +477,15 @@ pub struct RevisionFiles {
     /// Files already complete on disk (hard-linked from the previous
     /// revision, or the whole revision once published): never written.
     linked: Mutex<Vec<bool>>,
+    write_behind: WriteBehind,
 }
+
+/// Above this many files a revision is made durable by one `syncfs(2)` of
+/// its filesystem rather than an `fsync(2)` per file and directory: every
+/// fsync commits the filesystem's journal, and thousands of commits take
+/// minutes. (syncfs also flushes other writers' data on that filesystem,
+/// which is why a revision of a few files still uses fsync.)
+const SYNCFS_ABOVE_FILES: usize = 64;
 
 impl RevisionFiles {
     pub fn layout(&self) -> &Arc<ChunkLayout> {
@@ -622,6 +641,7 @@ impl RevisionFiles {
                 let f = self.file(s.file)?;
                 f.write_all_at(&data[at..at + len], s.file_offset)
                     .map_err(io_err(&self.layout.files()[s.file as usize].path))?;
+                self.write_behind.hint(f, s.file_offset, s.len);
             }
             at += len;
         }
@@ -675,9 +695,12 @@ impl RevisionFiles {
             return Ok(());
         }
         let files = self.layout.files();
+        let whole_fs = files.len() > SYNCFS_ABOVE_FILES;
         for (i, f) in files.iter().enumerate() {
             let handle = self.file(i as u32)?;
-            handle.sync_all().map_err(io_err(&f.path))?;
+            if !whole_fs {
+                handle.sync_all().map_err(io_err(&f.path))?;
+            }
             handle
                 .set_permissions(std::fs::Permissions::from_mode(published_mode(f.mode)))
                 .map_err(io_err(&f.path))?;
@@ -709,7 +732,9 @@ impl RevisionFiles {
                 .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
             let fd = openat2(self.dir_fd.as_fd(), *d, how).map_err(|e| self.open_error(d, e))?;
             let dir = File::from(fd);
-            dir.sync_all().map_err(io_err(d))?;
+            if !whole_fs {
+                dir.sync_all().map_err(io_err(d))?;
+            }
             dir.set_permissions(std::fs::Permissions::from_mode(0o555))
                 .map_err(io_err(d))?;
         }
@@ -718,9 +743,15 @@ impl RevisionFiles {
             .try_clone()
             .map_err(io_err("revision directory"))?;
         let top = File::from(top);
-        top.sync_all().map_err(io_err("revision directory"))?;
         top.set_permissions(std::fs::Permissions::from_mode(0o555))
             .map_err(io_err("revision directory"))?;
+        if whole_fs {
+            // After every permission change, so that those are durable too.
+            nix::unistd::syncfs(&top)
+                .map_err(|e| io_err("revision directory")(io::Error::from(e)))?;
+        } else {
+            top.sync_all().map_err(io_err("revision directory"))?;
+        }
         lock(&self.linked).iter_mut().for_each(|l| *l = true);
         Ok(())
     }
@@ -744,7 +775,14 @@ fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    // Owner only: what is written here may hold credentials.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
     f.write_all(bytes).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
@@ -819,6 +857,44 @@ mod tests {
             let data = vec![seed.wrapping_add(i as u8); l.chunk_len(i) as usize];
             files.write_chunk(i, &data).unwrap();
         }
+    }
+
+    #[test]
+    fn saved_assignments_are_readable_by_the_agent_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(tmp.path()).unwrap();
+        let key = DatasetKey::new("ml", "llama").unwrap();
+        store
+            .save_assignment(&key, &pb::Assignment::default())
+            .unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&tmp.path().join("state")), 0o700);
+        assert_eq!(
+            mode(&tmp.path().join("state/ml/llama/assignment.pb")),
+            0o600
+        );
+        assert_eq!(store.load_assignments().len(), 1);
+    }
+
+    #[test]
+    fn a_revision_of_many_files_is_published_with_one_syncfs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(tmp.path()).unwrap();
+        let key = DatasetKey::new("ml", "many").unwrap();
+        let mut files: Vec<_> = (0..=SYNCFS_ABOVE_FILES)
+            .map(|i| entry(&format!("d{}/f{i}", i % 3), 1000 + i as u64, "1"))
+            .collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let rev = store.open_revision(&key, layout(files), None).unwrap();
+        fill(&rev, 3);
+        store.publish(&rev).unwrap();
+        let published = tmp.path().join("datasets/ml/many");
+        let meta = std::fs::metadata(published.join("d1/f1")).unwrap();
+        assert_eq!((meta.len(), meta.mode() & 0o222), (1001, 0));
+        assert_eq!(
+            std::fs::metadata(published.join("d1")).unwrap().mode() & 0o777,
+            0o555
+        );
     }
 
     #[test]

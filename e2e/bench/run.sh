@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Regenerates the "Seeding through the operator" section of
-# e2e/bench/RESULTS.md: runs `e2e bench` for the target configurations and
-# writes their table between the section's markers, keeping the rest of
-# the file. Needs root (network namespaces, tc-shaped links) and kubectl.
+# Regenerates the "Seeding through the operator" and "Control plane at
+# scale" sections of e2e/bench/RESULTS.md: runs `e2e bench` and `e2e
+# bench-scale` for the target configurations and writes each table between
+# its section's markers, keeping the rest of the file. Needs kubectl, and
+# root for the seeding section (network namespaces, tc-shaped links).
 #
-#   e2e/bench/run.sh                     the target configurations (~30 min)
-#   e2e/bench/run.sh --quick             two small configurations (~2 min)
+#   e2e/bench/run.sh                     the target configurations (~35 min)
+#   e2e/bench/run.sh --quick             small configurations (~3 min)
+#   e2e/bench/run.sh --scale-only        only the control plane at scale
 #   e2e/bench/run.sh --results FILE      write FILE instead of RESULTS.md
 #   e2e/bench/run.sh --no-build          use target/release as it is
 #
@@ -18,16 +20,18 @@ cd "$(dirname "$0")/../.."
 results=e2e/bench/RESULTS.md
 quick=false
 build=true
+seeding=true
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=true ;;
     --no-build) build=false ;;
+    --scale-only) seeding=false ;;
     --results)
       results=${2:?--results needs a file}
       shift
       ;;
     -h | --help)
-      sed -n '2,14p' "$0"
+      sed -n '2,16p' "$0"
       exit 0
       ;;
     *)
@@ -38,7 +42,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-if [ "$(id -u)" != 0 ]; then
+if $seeding && [ "$(id -u)" != 0 ]; then
   echo "run.sh: needs root (network namespaces and tc-shaped links)" >&2
   exit 1
 fi
@@ -60,6 +64,15 @@ else
     "--nodes 8 --size 256MiB --link-mbit 200 --small-files 50000"
   )
 fi
+# The control plane at scale: simulated agents, no byte moves (no root).
+scale_note=""
+if $quick; then
+  scale_note="Smoke configuration (\`e2e/bench/run.sh --quick\`), not the target: \
+50 agents and 4 Datasets."
+  scale_configs=("--agents 50 --datasets 4 --seed-time 10s")
+else
+  scale_configs=("--agents 500 --datasets 20")
+fi
 
 if $build; then
   # The agent, the operator and e2e: `e2e bench` starts the first two.
@@ -67,18 +80,29 @@ if $build; then
 fi
 bin=target/release/e2e
 reports=$(mktemp)
+scale_reports=$(mktemp)
 log=$(mktemp)
-trap 'rm -f "$reports" "$log"' EXIT
+trap 'rm -f "$reports" "$scale_reports" "$log"' EXIT
 
-for config in "${configs[@]}"; do
-  echo "+ e2e bench $config --json" >&2
-  # $config is split into arguments on purpose.
+if $seeding; then
+  for config in "${configs[@]}"; do
+    echo "+ e2e bench $config --json" >&2
+    # $config is split into arguments on purpose.
+    # shellcheck disable=SC2086
+    "$bin" bench $config --json | tee "$log"
+    # The last stdout line is the JSON report.
+    tail -n 1 "$log" >>"$reports"
+  done
+  "$bin" bench render --input "$reports" --results "$results" \
+    --date "$(date -u +%Y-%m-%d)" --note "$note"
+fi
+
+for config in "${scale_configs[@]}"; do
+  echo "+ e2e bench-scale $config --json" >&2
   # shellcheck disable=SC2086
-  "$bin" bench $config --json | tee "$log"
-  # The last stdout line is the JSON report.
-  tail -n 1 "$log" >>"$reports"
+  "$bin" bench-scale $config --json | tee "$log"
+  tail -n 1 "$log" >>"$scale_reports"
 done
-
-"$bin" bench render --input "$reports" --results "$results" \
-  --date "$(date -u +%Y-%m-%d)" --note "$note"
+"$bin" bench-scale render --input "$scale_reports" --results "$results" \
+  --date "$(date -u +%Y-%m-%d)" --note "$scale_note"
 echo "run.sh: wrote $results" >&2

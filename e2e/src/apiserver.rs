@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// One request the stand-in served, as RBAC sees it.
+pub use kube_standin::AuditRecord;
+
 /// A running API stand-in and a client for it.
 pub struct ApiServer {
     server: kube_standin::ApiServer,
@@ -23,12 +26,17 @@ impl std::fmt::Debug for ApiServer {
 
 impl ApiServer {
     /// Starts the stand-in on `addr`, writes a kubeconfig for it to
-    /// `kubeconfig`, and connects a client.
-    pub async fn start(addr: SocketAddr, kubeconfig: &Path) -> Result<Self> {
+    /// `kubeconfig`, and connects a client. `audit`: record every request
+    /// (see [`ApiServer::audit`]).
+    pub async fn start(addr: SocketAddr, kubeconfig: &Path, audit: bool) -> Result<Self> {
         crate::init_crypto();
+        let options = kube_standin::Options {
+            audit,
+            ..kube_standin::Options::default()
+        };
         let server = tokio::time::timeout(
             Duration::from_secs(30),
-            kube_standin::ApiServer::start(addr),
+            kube_standin::ApiServer::start_with(addr, options),
         )
         .await
         .map_err(|_| Error::Kube(format!("API stand-in did not start on {addr} within 30 s")))?
@@ -49,6 +57,11 @@ impl ApiServer {
 
     pub fn client(&self) -> kube::Client {
         self.client.clone()
+    }
+
+    /// Every resource request so far (empty unless started with `audit`).
+    pub fn audit(&self) -> Vec<AuditRecord> {
+        self.server.audit()
     }
 
     pub async fn shutdown(self) {

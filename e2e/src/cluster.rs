@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
-use crate::apiserver::ApiServer;
+use crate::apiserver::{ApiServer, AuditRecord};
 use crate::error::{Error, Result};
 use crate::kube_objects::{self, AgentPorts};
 use crate::naming::{self, AddressMode, AddressPlan, ClusterNames, SubnetSlot};
@@ -88,6 +88,8 @@ pub struct ClusterSpec {
     /// The `e2e` binary (origins and proxies run as its subcommands inside
     /// namespaces); found next to the running executable when `None`.
     pub e2e_binary: Option<PathBuf>,
+    /// Record every request to the API stand-in ([`Cluster::api_audit`]).
+    pub audit_api: bool,
 }
 
 impl ClusterSpec {
@@ -108,6 +110,7 @@ impl ClusterSpec {
             ports: AgentPorts::default(),
             ready_timeout: Duration::from_secs(30),
             e2e_binary: None,
+            audit_api: false,
         }
     }
 
@@ -420,7 +423,12 @@ impl Cluster {
         std::fs::write(&token_file, &token)
             .map_err(|e| Error::io("write control token", &token_file, e))?;
         let kubeconfig = wd.join("kubeconfig");
-        let api = ApiServer::start(SocketAddr::new(plan.gateway().into(), 0), &kubeconfig).await?;
+        let api = ApiServer::start(
+            SocketAddr::new(plan.gateway().into(), 0),
+            &kubeconfig,
+            spec.audit_api,
+        )
+        .await?;
         let client = api.client();
 
         let e2e_binary = find_e2e_binary(spec.e2e_binary.as_deref()).ok();
@@ -653,6 +661,12 @@ impl Cluster {
     /// A client for the API stand-in.
     pub fn client(&self) -> kube::Client {
         self.client.clone()
+    }
+
+    /// Every resource request the API stand-in served, with the attributes
+    /// RBAC decides on; empty unless [`ClusterSpec::audit_api`] is set.
+    pub fn api_audit(&self) -> Vec<AuditRecord> {
+        self.api.as_ref().map(ApiServer::audit).unwrap_or_default()
     }
 
     /// The API stand-in's URL.

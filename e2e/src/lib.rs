@@ -8,6 +8,8 @@
 //!   moto's S3 behind a counting proxy, and deterministic datasets with
 //!   tree comparison.
 //! - [`netbench`]: TCP throughput between nodes.
+//! - [`scalebench`]: the operator against the API stand-in and hundreds
+//!   of simulated agents (`e2e bench-scale`).
 //!
 //! The `e2e` binary exposes the same pieces as subcommands.
 
@@ -24,6 +26,7 @@ pub mod netns;
 pub mod origin;
 pub mod peerbench;
 pub mod process;
+pub mod scalebench;
 pub mod seeding;
 pub mod stub_agent;
 

@@ -53,6 +53,12 @@ enum Command {
     /// the Kumar–Ross bound T*, origin bytes, a naive every-node-downloads
     /// baseline, one peer link against raw TCP, peak RSS, CPU and disk.
     Bench(swarmseed_e2e::bench::BenchArgs),
+    /// Benchmark: the control plane at scale. The real operator against
+    /// the API stand-in, N simulated agents (in-process fakes of the agent
+    /// control API) and M Datasets selecting every node; reports the
+    /// operator's peak RSS and CPU, status writes per second per Dataset,
+    /// and the time from the last agent turning Ready to `Ready=True`.
+    BenchScale(swarmseed_e2e::scalebench::ScaleBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -219,6 +225,9 @@ async fn main() -> anyhow::Result<()> {
             swarmseed_e2e::peerbench::print(&report, json)?;
         }
         Command::Bench(args) => swarmseed_e2e::bench::main(args, shutdown_signal()).await?,
+        Command::BenchScale(args) => {
+            swarmseed_e2e::scalebench::main(args, shutdown_signal()).await?;
+        }
     }
     Ok(())
 }

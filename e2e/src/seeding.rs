@@ -17,6 +17,12 @@ use crate::{Cluster, ClusterSpec, Placement};
 /// The Dataset CRD, as `crds/` holds it.
 pub const DATASET_CRD: &str = include_str!("../../crds/datasets.swarmseed.io.yaml");
 
+/// The user the operators act as: the operator ServiceAccount of the Helm
+/// chart's default release (`swarmseed` in `swarmseed-system`). Their
+/// kubeconfig names it with `as:`, so the stand-in's audit tells their
+/// requests from the tests' and kubectl's.
+pub const OPERATOR_USER: &str = "system:serviceaccount:swarmseed-system:swarmseed-operator";
+
 /// The swarmseed binaries a cluster runs.
 #[derive(Debug, Clone)]
 pub struct Binaries {
@@ -88,6 +94,7 @@ impl SeedCluster {
     /// acts). Returns its pid.
     pub fn start_operator(&mut self, identity: &str, extra: &[&str]) -> Result<u32> {
         let log = self.cluster.work_dir().join(format!("{identity}.log"));
+        let kubeconfig = self.operator_kubeconfig(identity)?;
         let mut spec = ChildSpec::new(identity, &self.bins.operator)
             .arg("run")
             .arg("--control-token-file")
@@ -98,7 +105,7 @@ impl SeedCluster {
             .arg(crate::kube_objects::AGENT_NAMESPACE)
             .arg("--admin-listen")
             .arg("127.0.0.1:0")
-            .env("KUBECONFIG", self.cluster.kubeconfig())
+            .env("KUBECONFIG", &kubeconfig)
             .env("POD_NAME", identity)
             .env("RUST_LOG", "info,swarmseed_operator=debug")
             .log(log);
@@ -108,6 +115,29 @@ impl SeedCluster {
         let pid = self.cluster.spawn(Placement::Root, spec)?;
         self.operators.push(pid);
         Ok(pid)
+    }
+
+    /// Writes `<identity>.kubeconfig`: the stand-in, as [`OPERATOR_USER`].
+    fn operator_kubeconfig(&self, identity: &str) -> Result<PathBuf> {
+        // JSON is YAML.
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{ "name": "swarmseed-e2e", "cluster": { "server": self.cluster.api_url() } }],
+            "users": [{ "name": "swarmseed-operator", "user": { "as": OPERATOR_USER } }],
+            "contexts": [{
+                "name": "swarmseed-operator",
+                "context": { "cluster": "swarmseed-e2e", "user": "swarmseed-operator", "namespace": "default" },
+            }],
+            "current-context": "swarmseed-operator",
+        });
+        let path = self
+            .cluster
+            .work_dir()
+            .join(format!("{identity}.kubeconfig"));
+        std::fs::write(&path, config.to_string())
+            .map_err(|e| Error::io("write the operator's kubeconfig", &path, e))?;
+        Ok(path)
     }
 
     /// Kills an operator process (SIGKILL).

@@ -218,10 +218,9 @@ fn has_labels(labels: &Value, subset: &Value) -> bool {
 /// The rules the operator's code needs, cluster-wide (least privilege).
 fn expected_cluster_rules(secrets: bool) -> Value {
     let mut rules = vec![
-        json!({"apiGroups": ["swarmseed.io"], "resources": ["datasets"], "verbs": ["get", "list", "watch", "patch"]}),
+        json!({"apiGroups": ["swarmseed.io"], "resources": ["datasets"], "verbs": ["list", "watch", "patch"]}),
         json!({"apiGroups": ["swarmseed.io"], "resources": ["datasets/status"], "verbs": ["patch"]}),
-        json!({"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]}),
-        json!({"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}),
+        json!({"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch", "patch"]}),
         json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}),
     ];
     if secrets {
@@ -233,7 +232,7 @@ fn expected_cluster_rules(secrets: bool) -> Value {
 /// The rules in the operator's namespace.
 fn expected_namespace_rules(lease: Option<&str>) -> Value {
     let mut rules =
-        vec![json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]})];
+        vec![json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]})];
     if let Some(lease) = lease {
         rules.push(
             json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -193,22 +193,7 @@ async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
     // never disagree with /readyz.
     let leader = *s.election.borrow() == ElectionStatus::Leader;
     s.metrics.set_leader(leader);
-    let mut out = String::new();
-    match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            out,
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            e.to_string(),
-        ),
-    }
+    swarmseed_proto::metrics::scrape(&s.registry)
 }
 
 #[cfg(test)]

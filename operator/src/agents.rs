@@ -48,6 +48,20 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    /// The condition reason when the agent answered and refused (it names
+    /// it in the `swarmseed-reason` response metadata); `None` when it could
+    /// not be asked.
+    pub fn refusal(&self) -> Option<&str> {
+        match self {
+            Self::Call { status, .. } => status
+                .metadata()
+                .get(swarmseed_proto::REASON_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .filter(|r| !r.is_empty()),
+            _ => None,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Self::TokenFile { .. } => "token_file",

@@ -9,7 +9,7 @@
 //! its assignment (idempotent) → label ready nodes → write status (only
 //! when it changed, at most once a second).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::finalizer::{Error as FinalizerError, Event, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -66,7 +66,16 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::KubeTimeout(_) => "kube_timeout",
             Self::Agent(e) => e.label(),
-            Self::Finalizer(_) => "finalizer",
+            // The cause, not the wrapper every reconcile error comes in.
+            Self::Finalizer(e) => match &**e {
+                FinalizerError::ApplyFailed(inner) | FinalizerError::CleanupFailed(inner) => {
+                    inner.label()
+                }
+                FinalizerError::AddFinalizer(_) | FinalizerError::RemoveFinalizer(_) => {
+                    "finalizer_patch"
+                }
+                _ => "finalizer",
+            },
             Self::NoNamespace => "no_namespace",
         }
     }
@@ -101,6 +110,8 @@ struct Memo {
     last_status_write: Option<Instant>,
     /// Nodes sent an assignment and not since told to remove it.
     assigned: BTreeSet<String>,
+    /// What each node was last sent successfully (see [`assignment_key`]).
+    sent: HashMap<String, [u8; 32]>,
     /// Every agent off the selected nodes was told to drop the dataset
     /// once since this process started (what it sent before a restart is
     /// unknown).
@@ -188,6 +199,16 @@ impl Context {
         )?;
         clients.insert(pod_ip.to_owned(), c.clone());
         Ok(c)
+    }
+
+    /// Drops the cached clients of agents that are no longer among the
+    /// agent Pods (`live` pod IPs), so churn does not grow the cache.
+    fn forget_agents_except<'a>(&self, live: impl IntoIterator<Item = &'a str>) {
+        let live: HashSet<&str> = live.into_iter().collect();
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|ip, _| live.contains(ip.as_str()));
     }
 
     /// Publishes an Event on `ds`; failures are logged, never fatal.
@@ -350,16 +371,22 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
             plan,
             peer_token: &token,
         };
+        let key_now = assignment_key(ds, &revision, plan.generation, &listed.origin);
+        let sent = ctx.memo(&key, |m| m.sent.clone());
         let sends = views.iter().filter_map(|(node, v)| {
             let (client, info) = v.agent.as_ref()?;
-            // A node that failed this very plan is not retried until the
-            // plan changes: re-sending would restart the transfer (a
-            // digest mismatch would fetch everything again) every run.
-            let failed_this_plan = matches!(&v.report, NodeReport::Progress(Some(p))
-                if p.state() == pb::DatasetState::Failed
-                    && p.revision == revision
-                    && p.plan_generation == plan.generation);
-            if !info.ready || failed_this_plan {
+            // The agent follows what it was sent (it reports the same
+            // revision and plan): sending it again would move the whole
+            // listing over the wire for nothing, every run, to every node.
+            // That holds for a node that failed this very assignment too:
+            // to an agent, a repeat of a failed assignment means "start
+            // over" (a digest mismatch would fetch everything again), so
+            // it is retried only once something changed: the spec, the
+            // origin credentials, the plan, or this process (a restart
+            // forgets what was sent).
+            let follows = matches!(&v.report, NodeReport::Progress(Some(p))
+                if p.revision == revision && p.plan_generation == plan.generation);
+            if !info.ready || (follows && sent.get(node) == Some(&key_now)) {
                 return None;
             }
             let a = assignment::assignment(&input, node);
@@ -375,6 +402,12 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
             m.plan = Some(plan.clone());
             m.assigned
                 .extend(results.iter().filter(|r| r.1.is_ok()).map(|r| r.0.clone()));
+            for (node, r) in &results {
+                match r {
+                    Ok(_) => m.sent.insert(node.clone(), key_now),
+                    Err(_) => m.sent.remove(node),
+                };
+            }
         });
         for (node, result) in results {
             let Some(v) = views.get_mut(&node) else {
@@ -382,7 +415,13 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
             };
             v.report = match result {
                 Ok(r) => NodeReport::Progress(r.progress.map(Box::new)),
-                Err(e) => NodeReport::Unreachable(e.to_string()),
+                Err(e) => match e.refusal() {
+                    Some(reason) => NodeReport::Refused {
+                        reason: reason.to_owned(),
+                        message: e.to_string(),
+                    },
+                    None => NodeReport::Unreachable(e.to_string()),
+                },
             };
         }
     }
@@ -410,6 +449,25 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
         Duration::from_secs(2)
     };
     Ok(Action::requeue(pending.map_or(next, |p| p.min(next))))
+}
+
+/// Identifies the content of the assignments of one reconcile: the spec
+/// (by generation), the listed revision, the plan (by generation: peers and
+/// fetchers) and the origin access (credentials from a Secret can change
+/// without the spec).
+fn assignment_key(
+    ds: &Dataset,
+    revision: &str,
+    plan_generation: u64,
+    origin: &pb::Origin,
+) -> [u8; 32] {
+    use prost::Message;
+    let mut h = blake3::Hasher::new();
+    h.update(&ds.metadata.generation.unwrap_or(0).to_le_bytes());
+    h.update(revision.as_bytes());
+    h.update(&plan_generation.to_le_bytes());
+    h.update(&origin.encode_to_vec());
+    *h.finalize().as_bytes()
 }
 
 /// Tells the agents of nodes the Dataset no longer selects to drop it: the
@@ -468,6 +526,7 @@ async fn release_deselected(
         for (node, result) in &results {
             if result.is_ok() {
                 m.assigned.remove(node);
+                m.sent.remove(node);
             }
         }
         m.swept |= all_ok;
@@ -588,6 +647,7 @@ async fn discover(
     )
     .await?;
     let mut by_node = agent_pods(&pods.items);
+    ctx.forget_agents_except(by_node.values().map(|p| p.pod_ip.as_str()));
     let dataset = pb::DatasetRef {
         namespace: ns.to_owned(),
         name: name.to_owned(),

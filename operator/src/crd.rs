@@ -423,7 +423,7 @@ pub struct FailedNode {
     /// Node name.
     pub node: String,
     /// Machine-readable reason (`DigestMismatch`, `InsufficientStorage`,
-    /// `SourceUnavailable`, `UnsafePath`, `AgentUnreachable`, …).
+    /// `SourceDenied`, `UnsafePath`, `AgentUnreachable`, …).
     pub reason: String,
     /// What a person can act on.
     pub message: String,

@@ -18,6 +18,7 @@ pub mod node_label;
 pub mod plan;
 pub mod plugin;
 pub mod quantity;
+pub mod reference;
 pub mod selector;
 pub mod status;
 

@@ -336,6 +336,16 @@ pub enum Readiness {
     Waiting(String),
 }
 
+/// Degraded reasons that pass without anyone acting: an agent restarting,
+/// the origin briefly failing. `wait` keeps waiting through them; every
+/// other reason needs a change (spec, Secret, disk) and ends the wait.
+pub fn degraded_may_pass(reason: &str) -> bool {
+    matches!(
+        reason,
+        crate::status::reason::AGENT_UNREACHABLE | crate::status::reason::SOURCE_UNAVAILABLE
+    )
+}
+
 /// Whether the Dataset is Ready (or Degraded) for its current spec: a
 /// status written for an older generation decides nothing.
 pub fn readiness(ds: &Dataset) -> Readiness {
@@ -635,6 +645,23 @@ Total: origin 4GiB / peers 2.3GiB (36% from peers); origin ratio 1.00x (bytes re
             out.ends_with("\nThe operator has not reported on this Dataset yet.\n"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn wait_sits_out_only_the_degraded_reasons_that_pass_by_themselves() {
+        use crate::status::reason;
+        for r in [reason::AGENT_UNREACHABLE, reason::SOURCE_UNAVAILABLE] {
+            assert!(degraded_may_pass(r), "{r}");
+        }
+        for r in [
+            reason::INVALID_SOURCE,
+            reason::DIGEST_MISMATCH,
+            reason::INSUFFICIENT_STORAGE,
+            reason::UNSAFE_PATH,
+            reason::NODE_FAILED,
+        ] {
+            assert!(!degraded_may_pass(r), "{r}");
+        }
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub enum NodeReport {
     /// The agent could not be asked (no ready Pod, call failed or timed
     /// out): the message says which.
     Unreachable(String),
+    /// The agent answered but refused the assignment (no room on its disk,
+    /// an unsafe path, ...): the condition reason and its message.
+    Refused { reason: String, message: String },
 }
 
 /// The revision being held, from the source listing.
@@ -104,6 +107,7 @@ fn classify(node: &str, report: &NodeReport, revision: Option<&RevisionInfo>) ->
     };
     match report {
         NodeReport::Unreachable(msg) => failed(reason::AGENT_UNREACHABLE, msg),
+        NodeReport::Refused { reason, message } => failed(reason, message),
         NodeReport::Progress(None) => NodeState::Seeding,
         NodeReport::Progress(Some(p)) => {
             let current = revision.is_some_and(|r| r.revision == p.revision);
@@ -159,6 +163,7 @@ fn progress_entry(
                 };
             }
         }
+        NodeReport::Refused { .. } => entry.state = NodeProgressState::Failed,
         NodeReport::Progress(None) => {}
         NodeReport::Progress(Some(p)) => {
             if revision.is_some_and(|r| r.revision == p.revision) {
@@ -616,6 +621,14 @@ mod tests {
         let s = run(&unreachable, None, at(0));
         assert_eq!(s.failed_nodes[0].reason, "AgentUnreachable");
         assert_eq!(s.failed_nodes[0].message, "connection refused");
+        let refused = nodes(vec![NodeReport::Refused {
+            reason: "InsufficientStorage".into(),
+            message: "1GiB free, 4GiB needed".into(),
+        }]);
+        let s = run(&refused, None, at(0));
+        assert_eq!(s.failed_nodes[0].reason, "InsufficientStorage");
+        assert_eq!(cond(&s, DEGRADED).reason, "InsufficientStorage");
+        assert_eq!(s.node_progress[0].state, NodeProgressState::Failed);
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //!   revision holds, independent of where it came from.
 //! - [`path`]: the rules a listed path must obey before anything touches a
 //!   disk.
+//! - [`metrics`]: the `/metrics` scrape both binaries serve.
 
 pub mod digest;
 pub mod layout;
+pub mod metrics;
 pub mod path;
 
 /// Generated protobuf and tonic code for `swarmseed.agent.v1`.
@@ -17,6 +19,10 @@ pub mod path;
 pub mod pb {
     tonic::include_proto!("swarmseed.agent.v1");
 }
+
+/// gRPC response metadata an agent sets when it refuses an assignment: the
+/// Dataset condition reason (e.g. `InsufficientStorage`, `UnsafePath`).
+pub const REASON_METADATA: &str = "swarmseed-reason";
 
 pub use digest::{ChunkDigest, ContentDigest};
 pub use layout::{Chunk, ChunkLayout, LayoutError, RevisionId, Segment};

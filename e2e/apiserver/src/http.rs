@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub changed: watch::Sender<u64>,
     pub shutdown: watch::Sender<bool>,
     pub options: Options,
+    /// Every resource request, when `options.audit` is on.
+    pub audit: Mutex<Vec<AuditRecord>>,
 }
 
 impl Shared {
@@ -41,6 +43,118 @@ impl Shared {
 
     fn notify(&self, store: &Store) {
         self.changed.send_replace(store.rv);
+    }
+
+    pub fn audit_log(&self) -> MutexGuard<'_, Vec<AuditRecord>> {
+        self.audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One resource request with the attributes Kubernetes authorization
+/// decides on (what an RBAC rule matches), as the real API server derives
+/// them from the request (`RequestInfo`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AuditRecord {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete` or
+    /// `deletecollection`.
+    pub verb: String,
+    /// The API group; "" is the core group.
+    pub group: String,
+    pub version: String,
+    /// The plural resource name (`datasets`).
+    pub resource: String,
+    /// "" for the resource itself, else its subresource (`status`).
+    pub subresource: String,
+    /// "" for cluster-scoped requests and those across all namespaces.
+    pub namespace: String,
+    /// The object's name; "" where the request names none (create, and
+    /// list/watch/deletecollection without a `metadata.name=` field
+    /// selector), which is why RBAC `resourceNames` cannot limit those.
+    pub name: String,
+    /// Who the request says it is: its `Impersonate-User` header (a
+    /// kubeconfig's `as:`). The stand-in authenticates nobody.
+    pub user: Option<String>,
+    pub user_agent: Option<String>,
+    /// The HTTP status of the answer (a watch: of its start).
+    pub code: u16,
+}
+
+impl AuditRecord {
+    /// `resource` or `resource/subresource`, as RBAC rules name it.
+    pub fn rbac_resource(&self) -> String {
+        if self.subresource.is_empty() {
+            self.resource.clone()
+        } else {
+            format!("{}/{}", self.resource, self.subresource)
+        }
+    }
+}
+
+/// The authorization attributes of a request for `rest` (the path after
+/// `/api/v1` or `/apis/<group>/<version>`), as the API server's
+/// `RequestInfoFactory` derives them: `namespaces/<ns>/<resource>/<name>/
+/// <subresource>` or `<resource>/<name>/<subresource>`; a GET without a
+/// name is `list`, or `watch` with `?watch=true`.
+fn request_attributes(
+    method: &Method,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> AuditRecord {
+    let mut parts = rest;
+    let mut namespace = "";
+    if let ["namespaces", ns, tail @ ..] = parts {
+        namespace = ns;
+        // `namespaces/<ns>/status|finalize` are the Namespace's own subresources.
+        if !matches!(tail, [] | ["status" | "finalize", ..]) {
+            parts = tail;
+        }
+    }
+    let part = |i: usize| parts.get(i).copied().unwrap_or_default().to_string();
+    let mut name = part(1);
+    let verb = match method.as_str() {
+        "GET" | "HEAD" if name.is_empty() && truthy(q, "watch") => "watch",
+        "GET" | "HEAD" if name.is_empty() => "list",
+        "GET" | "HEAD" => "get",
+        "POST" => "create",
+        "PUT" => "update",
+        "PATCH" => "patch",
+        "DELETE" if name.is_empty() => "deletecollection",
+        "DELETE" => "delete",
+        other => other,
+    }
+    .to_ascii_lowercase();
+    // A field selector on the name makes a collection request one for that name.
+    if name.is_empty()
+        && matches!(verb.as_str(), "list" | "watch" | "deletecollection")
+        && let Some(n) = q
+            .get("fieldSelector")
+            .and_then(|f| f.strip_prefix("metadata.name="))
+            .filter(|n| !n.contains(','))
+    {
+        name = n.to_string();
+    }
+    let header = |h: &str| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    AuditRecord {
+        verb,
+        group: group.to_string(),
+        version: version.to_string(),
+        resource: part(0),
+        subresource: part(2),
+        namespace: namespace.to_string(),
+        name,
+        user: header("impersonate-user"),
+        user_agent: header("user-agent"),
+        code: 0,
     }
 }
 
@@ -264,8 +378,32 @@ fn write_options(q: &HashMap<String, String>, headers: &HeaderMap) -> WriteOptio
     }
 }
 
+/// Serves a request for a resource, recording it when auditing is on.
 #[allow(clippy::too_many_arguments)]
 fn resource_request(
+    shared: &Arc<Shared>,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    method: &Method,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let result = serve_resource(shared, group, version, rest, method, q, headers, body);
+    if shared.options.audit {
+        let mut record = request_attributes(method, group, version, rest, q, headers);
+        record.code = match &result {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => e.code,
+        };
+        shared.audit_log().push(record);
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn serve_resource(
     shared: &Arc<Shared>,
     group: &str,
     version: &str,
@@ -552,5 +690,130 @@ async fn watch_loop(
             _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => return,
             _ = tx.closed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(method: &str, path: &str, query: &[(&str, &str)], user: Option<&str>) -> AuditRecord {
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let (group, version, rest) = match segs.as_slice() {
+            ["api", v, rest @ ..] => ("", *v, rest),
+            ["apis", g, v, rest @ ..] => (*g, *v, rest),
+            _ => panic!("not a resource path: {path}"),
+        };
+        let q = query
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        let mut headers = HeaderMap::new();
+        if let Some(u) = user {
+            headers.insert("impersonate-user", u.parse().expect("header value"));
+        }
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        request_attributes(&method, group, version, rest, &q, &headers)
+    }
+
+    /// (verb, group, resource, subresource, namespace, name)
+    fn key(r: &AuditRecord) -> (&str, &str, &str, &str, &str, &str) {
+        (
+            &r.verb,
+            &r.group,
+            &r.resource,
+            &r.subresource,
+            &r.namespace,
+            &r.name,
+        )
+    }
+
+    #[test]
+    fn derives_the_rbac_attributes_like_the_api_server() {
+        let ds = "/apis/swarmseed.io/v1alpha1";
+        for (method, path, query, want) in [
+            (
+                "GET",
+                format!("{ds}/datasets"),
+                vec![],
+                ("list", "swarmseed.io", "datasets", "", "", ""),
+            ),
+            (
+                "GET",
+                format!("{ds}/datasets"),
+                vec![("watch", "true")],
+                ("watch", "swarmseed.io", "datasets", "", "", ""),
+            ),
+            (
+                "GET",
+                format!("{ds}/namespaces/ml/datasets/a"),
+                vec![],
+                ("get", "swarmseed.io", "datasets", "", "ml", "a"),
+            ),
+            (
+                "PATCH",
+                format!("{ds}/namespaces/ml/datasets/a/status"),
+                vec![],
+                ("patch", "swarmseed.io", "datasets", "status", "ml", "a"),
+            ),
+            (
+                "PUT",
+                "/apis/coordination.k8s.io/v1/namespaces/s/leases/l".into(),
+                vec![],
+                ("update", "coordination.k8s.io", "leases", "", "s", "l"),
+            ),
+            (
+                "POST",
+                "/apis/coordination.k8s.io/v1/namespaces/s/leases".into(),
+                vec![],
+                ("create", "coordination.k8s.io", "leases", "", "s", ""),
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/s/pods/p".into(),
+                vec![],
+                ("delete", "", "pods", "", "s", "p"),
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/s/pods".into(),
+                vec![],
+                ("deletecollection", "", "pods", "", "s", ""),
+            ),
+            (
+                "GET",
+                "/api/v1/nodes".into(),
+                vec![("fieldSelector", "metadata.name=n1"), ("watch", "1")],
+                ("watch", "", "nodes", "", "", "n1"),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/ml".into(),
+                vec![],
+                ("get", "", "namespaces", "", "ml", "ml"),
+            ),
+            (
+                "PUT",
+                "/api/v1/namespaces/ml/finalize".into(),
+                vec![],
+                ("update", "", "namespaces", "finalize", "ml", "ml"),
+            ),
+        ] {
+            let r = attrs(method, &path, &query, None);
+            assert_eq!(key(&r), want, "{method} {path} {query:?}");
+        }
+    }
+
+    #[test]
+    fn names_the_impersonated_user_and_the_rbac_resource() {
+        let r = attrs(
+            "PATCH",
+            "/apis/swarmseed.io/v1alpha1/namespaces/ml/datasets/a/status",
+            &[],
+            Some("system:serviceaccount:s:op"),
+        );
+        assert_eq!(r.user.as_deref(), Some("system:serviceaccount:s:op"));
+        assert_eq!(r.rbac_resource(), "datasets/status");
+        assert_eq!(attrs("GET", "/api/v1/nodes", &[], None).user, None);
     }
 }

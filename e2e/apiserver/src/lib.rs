@@ -21,6 +21,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use http::AuditRecord;
+
 /// Errors of starting the server or building a client for it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -54,6 +56,9 @@ pub struct Options {
     pub watch_history: usize,
     /// How often an idle watch that asked for bookmarks gets one.
     pub bookmark_interval: Duration,
+    /// Record every resource request for [`ApiServer::audit`] (tests of
+    /// RBAC). Off by default: the record only grows.
+    pub audit: bool,
 }
 
 impl Default for Options {
@@ -61,6 +66,7 @@ impl Default for Options {
         Self {
             watch_history: 10_000,
             bookmark_interval: Duration::from_secs(5),
+            audit: false,
         }
     }
 }
@@ -96,6 +102,7 @@ impl ApiServer {
             changed,
             shutdown,
             options,
+            audit: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .fallback(http::handle)
@@ -149,6 +156,14 @@ impl ApiServer {
         config.connect_timeout = Some(Duration::from_secs(5));
         config.read_timeout = Some(Duration::from_secs(300));
         Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Every resource request served so far, in arrival order, with the
+    /// attributes RBAC decides on; empty unless [`Options::audit`] is on.
+    /// Discovery and other non-resource URLs are not recorded (every
+    /// authenticated user may read those).
+    pub fn audit(&self) -> Vec<AuditRecord> {
+        self.shared.audit_log().clone()
     }
 
     /// Forgets the watch history: every resourceVersion issued so far is

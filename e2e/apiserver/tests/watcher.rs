@@ -38,6 +38,7 @@ async fn reflector_converges_through_churn_and_expiry() {
     let options = Options {
         watch_history: 50,
         bookmark_interval: Duration::from_millis(200),
+        ..Options::default()
     };
     let server = ApiServer::start_with("127.0.0.1:0".parse().expect("addr"), options)
         .await

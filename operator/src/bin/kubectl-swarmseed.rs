@@ -449,7 +449,8 @@ async fn watch_status(cluster: &Cluster, name: &str) -> Result<ExitCode, PluginE
 }
 
 /// `wait --for ready`: 0 when Ready for the current generation, 1 when
-/// Degraded, 2 on timeout; a progress line whenever it changes.
+/// Degraded for a reason that needs a change, 2 on timeout; a progress
+/// line whenever it changes (a Degraded that may pass is a warning).
 async fn wait_ready(
     cluster: &Cluster,
     name: &str,
@@ -473,6 +474,15 @@ async fn wait_ready(
                     Readiness::Ready(message) => {
                         emit(&format!("dataset {name:?} is Ready: {message}\n"));
                         return Ok(ExitCode::SUCCESS);
+                    }
+                    Readiness::Degraded { reason, message }
+                        if plugin::degraded_may_pass(&reason) =>
+                    {
+                        let line = format!("Degraded: {reason}: {message} (waiting)");
+                        if line != last_line {
+                            eprintln!("warning: dataset {name:?} is {line}");
+                            last_line = line;
+                        }
                     }
                     Readiness::Degraded { reason, message } => {
                         eprintln!("Error: dataset {name:?} is Degraded: {reason}: {message}");
