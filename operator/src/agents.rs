@@ -99,7 +99,7 @@ fn pod_ready(pod: &Pod) -> bool {
 /// One agent per node from the agent Pods (already filtered by
 /// [`AGENT_SELECTOR`]). During a rollout a node may briefly run two: the
 /// ready one wins, then the one created last.
-pub fn agent_pods(pods: &[Pod]) -> BTreeMap<String, AgentPod> {
+pub fn agent_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeMap<String, AgentPod> {
     let mut out: BTreeMap<String, (AgentPod, Option<&k8s_openapi::jiff::Timestamp>)> =
         BTreeMap::new();
     for pod in pods {

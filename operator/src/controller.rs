@@ -10,19 +10,20 @@
 //! when it changed, at most once a second).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Error as FinalizerError, Event, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use swarmseed_agent::origin::{OriginClient, OriginOptions};
 use swarmseed_proto::layout::default_chunk_size;
@@ -58,6 +59,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("Dataset has no namespace")]
     NoNamespace,
+    #[error("the Node and agent Pod caches are not filled yet")]
+    NotStarted,
 }
 
 impl Error {
@@ -77,6 +80,7 @@ impl Error {
                 _ => "finalizer",
             },
             Self::NoNamespace => "no_namespace",
+            Self::NotStarted => "not_started",
         }
     }
 }
@@ -131,6 +135,16 @@ struct Listed {
     origin: pb::Origin,
 }
 
+/// Watch-fed caches of the Nodes and agent Pods every reconcile reads
+/// (`managedFields` dropped): one copy in memory, no LIST per reconcile.
+struct Caches {
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+}
+
+/// A snapshot of the caches: every Node, every agent Pod.
+type Cached = (Vec<Arc<Node>>, Vec<Arc<Pod>>);
+
 pub struct Context {
     pub client: Client,
     pub settings: Settings,
@@ -138,6 +152,8 @@ pub struct Context {
     /// Key the per-dataset peer tokens are derived from.
     pub peer_secret: Vec<u8>,
     memos: Mutex<HashMap<ObjectRef<Dataset>, Memo>>,
+    /// Set by [`run`] before the first reconcile.
+    caches: OnceLock<Caches>,
     /// One control connection per agent address, reused across runs.
     clients: Mutex<HashMap<String, AgentClient>>,
     recorder: Recorder,
@@ -162,6 +178,7 @@ impl Context {
             token,
             peer_secret,
             memos: Mutex::new(HashMap::new()),
+            caches: OnceLock::new(),
             clients: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
         }
@@ -225,6 +242,12 @@ impl Context {
         }
     }
 
+    /// Every Node and every agent Pod, as last seen by the watches.
+    fn cached(&self) -> Result<Cached, Error> {
+        let c = self.caches.get().ok_or(Error::NotStarted)?;
+        Ok((c.nodes.state(), c.pods.state()))
+    }
+
     fn memo<R>(&self, key: &ObjectRef<Dataset>, f: impl FnOnce(&mut Memo) -> R) -> R {
         let mut memos = self
             .memos
@@ -234,16 +257,84 @@ impl Context {
     }
 }
 
+/// Agent calls one reconcile keeps in flight: its memory is bounded by
+/// this, not by the number of nodes.
+const AGENT_CALLS_IN_FLIGHT: usize = 64;
+
+/// Runs `calls` with at most [`AGENT_CALLS_IN_FLIGHT`] at a time; the
+/// results in any order.
+fn in_flight<F: Future>(
+    calls: impl IntoIterator<Item = F>,
+) -> impl Future<Output = Vec<F::Output>> {
+    // Collected first, so that the returned future holds only the calls
+    // (not the iterator and its closure, which trips up `Send` inference).
+    let calls: Vec<F> = calls.into_iter().collect();
+    futures::stream::iter(calls)
+        .buffer_unordered(AGENT_CALLS_IN_FLIGHT)
+        .collect()
+}
+
+/// Node label patches one reconcile keeps in flight.
+const LABEL_WRITES_IN_FLIGHT: usize = 16;
+
+/// Reconciles at most this many Datasets at once (each holds a view of
+/// its selected nodes and up to [`AGENT_CALLS_IN_FLIGHT`] calls). A
+/// Dataset that is seeding is reconciled every 2 s, so beyond this many
+/// seeding at once a new Dataset waits for a slot.
+const CONCURRENT_RECONCILES: u16 = 32;
+
+/// Fills a cache of `api`'s objects (those `config` selects) until aborted.
+fn cache<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let feed = watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .for_each(|_| futures::future::ready(()));
+    (reader, tokio::spawn(feed))
+}
+
 /// Runs the controller until SIGTERM/ctrl-c.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let datasets: Api<Dataset> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ctx.settings.agent_namespace);
     let nodes: Api<Node> = Api::all(client.clone());
-    let controller = Controller::new(datasets, watcher::Config::default());
+    let agents = watcher::Config::default().labels(AGENT_SELECTOR);
+    let (node_cache, node_feed) = cache(nodes.clone(), watcher::Config::default());
+    let (pod_cache, pod_feed) = cache(pods.clone(), agents.clone());
+    for (what, ready) in [
+        ("nodes", node_cache.wait_until_ready().await),
+        ("agent pods", pod_cache.wait_until_ready().await),
+    ] {
+        if ready.is_err() {
+            tracing::error!(what, "the cache's watch ended before it was filled");
+            return;
+        }
+    }
+    if ctx
+        .caches
+        .set(Caches {
+            nodes: node_cache,
+            pods: pod_cache,
+        })
+        .is_err()
+    {
+        tracing::warn!("the controller was started twice on one context");
+    }
+    let controller = Controller::new(datasets, watcher::Config::default())
+        .with_config(ControllerConfig::default().concurrency(CONCURRENT_RECONCILES));
     let store = controller.store();
-    // Any agent Pod or Node change may change any Dataset's node set.
-    let all = move |store: &kube::runtime::reflector::Store<Dataset>| {
+    let all = move |store: &Store<Dataset>| {
         store
             .state()
             .iter()
@@ -251,13 +342,20 @@ pub async fn run(ctx: Arc<Context>) {
             .collect::<Vec<_>>()
     };
     let (s1, s2) = (store.clone(), store);
+    // Any agent Pod change may change any Dataset's node set; so may a Node
+    // change, except the operator's own Dataset labels (which would
+    // otherwise requeue every Dataset once per node labelled).
+    let seen = Mutex::new(HashMap::new());
     controller
-        .watches(
-            pods,
-            watcher::Config::default().labels(AGENT_SELECTOR),
-            move |_| all(&s1),
-        )
-        .watches(nodes, watcher::Config::default(), move |_| {
+        .watches(pods, agents, move |_| all(&s1))
+        .watches(nodes, watcher::Config::default(), move |node: Node| {
+            let key = selection_key(&node);
+            let mut seen = seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seen.insert(node.name_any(), key) == Some(key) {
+                return Vec::new();
+            }
             s2.state()
                 .iter()
                 .map(|d| ObjectRef::from_obj(&**d))
@@ -271,6 +369,26 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+    node_feed.abort();
+    pod_feed.abort();
+}
+
+/// What of a Node can change which Datasets select it: its labels (other
+/// than the operator's own Dataset labels) and its taints.
+fn selection_key(node: &Node) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (k, v) in node.labels() {
+        if !k.starts_with(node_label::KEY_PREFIX) {
+            (k, v).hash(&mut h);
+        }
+    }
+    if let Some(taints) = node.spec.as_ref().and_then(|s| s.taints.as_ref()) {
+        for t in taints {
+            (&t.key, &t.value, &t.effect).hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 fn error_policy(ds: Arc<Dataset>, e: &Error, ctx: Arc<Context>) -> Action {
@@ -397,7 +515,7 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
                 (node.clone(), r)
             })
         });
-        let results = futures::future::join_all(sends).await;
+        let results = in_flight(sends).await;
         ctx.memo(&key, |m| {
             m.plan = Some(plan.clone());
             m.assigned
@@ -427,7 +545,7 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
     }
 
     let label = node_label::key(&ns, &name);
-    let labelled = labelled_nodes(ctx, &label).await?;
+    let labelled = labelled_nodes(ctx, &label)?;
     release_deselected(ds, ctx, &key, &others, &labelled).await;
 
     let reports: BTreeMap<String, NodeReport> =
@@ -503,7 +621,7 @@ async fn release_deselected(
             (pod.node_name.clone(), result)
         }
     });
-    let results = futures::future::join_all(calls).await;
+    let results = in_flight(calls).await;
     let all_ok = results.iter().all(|r| r.1.is_ok());
     for (node, result) in &results {
         match result {
@@ -638,22 +756,14 @@ async fn discover(
     ns: &str,
     name: &str,
 ) -> Result<(BTreeMap<String, NodeView>, Vec<AgentPod>), Error> {
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let nodes = kube_call("list nodes", nodes.list(&ListParams::default())).await?;
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.agent_namespace);
-    let pods = kube_call(
-        "list agent pods",
-        pods.list(&ListParams::default().labels(AGENT_SELECTOR)),
-    )
-    .await?;
-    let mut by_node = agent_pods(&pods.items);
+    let (nodes, pods) = ctx.cached()?;
+    let mut by_node = agent_pods(pods.iter().map(|p| &**p));
     ctx.forget_agents_except(by_node.values().map(|p| p.pod_ip.as_str()));
     let dataset = pb::DatasetRef {
         namespace: ns.to_owned(),
         name: name.to_owned(),
     };
     let selected: Vec<AgentPod> = nodes
-        .items
         .iter()
         .filter(|n| selector::selects(&ds.spec, n))
         .filter_map(|n| by_node.remove(&n.name_any()))
@@ -719,19 +829,18 @@ async fn discover(
             }
         }
     });
-    let views = futures::future::join_all(asks).await.into_iter().collect();
+    let views = in_flight(asks).await.into_iter().collect();
     Ok((views, by_node.into_values().collect()))
 }
 
 /// The nodes carrying `label`.
-async fn labelled_nodes(ctx: &Context, label: &str) -> Result<Vec<String>, Error> {
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let labelled = kube_call(
-        "list labelled nodes",
-        nodes.list(&ListParams::default().labels(label)),
-    )
-    .await?;
-    Ok(labelled.items.iter().map(|n| n.name_any()).collect())
+fn labelled_nodes(ctx: &Context, label: &str) -> Result<Vec<String>, Error> {
+    let (nodes, _) = ctx.cached()?;
+    Ok(nodes
+        .iter()
+        .filter(|n| n.labels().contains_key(label))
+        .map(|n| n.name_any())
+        .collect())
 }
 
 /// Sets `label=ready` on `ready` nodes and removes it from the other
@@ -743,22 +852,33 @@ async fn sync_labels(
     ready: &[&String],
 ) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
-    for node in ready.iter().filter(|n| !has.contains(n)) {
-        let patch =
-            serde_json::json!({ "metadata": { "labels": { label: node_label::READY_VALUE } } });
-        kube_call(
-            "label node",
-            nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)),
+    // Owned data only: the futures go into a stream polled elsewhere.
+    let changes: Vec<(String, bool)> = ready
+        .iter()
+        .filter(|n| !has.contains(n))
+        .map(|n| ((*n).clone(), true))
+        .chain(
+            has.iter()
+                .filter(|n| !ready.contains(n))
+                .map(|n| (n.clone(), false)),
         )
-        .await?;
-    }
-    for node in has.iter().filter(|n| !ready.contains(n)) {
-        let patch = serde_json::json!({ "metadata": { "labels": { label: null } } });
-        kube_call(
-            "unlabel node",
-            nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)),
-        )
-        .await?;
+        .collect();
+    let patches = changes.into_iter().map(|(node, add)| {
+        let nodes = nodes.clone();
+        let value = add.then_some(node_label::READY_VALUE);
+        let patch = serde_json::json!({ "metadata": { "labels": { label: value } } });
+        async move {
+            kube_call(
+                "label node",
+                nodes.patch(&node, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await
+        }
+    });
+    // A few at a time: hundreds of nodes may turn Ready in one reconcile.
+    let mut results = futures::stream::iter(patches).buffer_unordered(LABEL_WRITES_IN_FLIGHT);
+    while let Some(r) = results.next().await {
+        r?;
     }
     Ok(())
 }
@@ -824,17 +944,12 @@ async fn write_status(
 async fn cleanup(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
     let ns = ds.namespace().ok_or(Error::NoNamespace)?;
     let name = ds.name_any();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.agent_namespace);
-    let pods = kube_call(
-        "list agent pods",
-        pods.list(&ListParams::default().labels(AGENT_SELECTOR)),
-    )
-    .await?;
+    let (_, pods) = ctx.cached()?;
     let dataset = pb::DatasetRef {
         namespace: ns.clone(),
         name: name.clone(),
     };
-    let removals = agent_pods(&pods.items)
+    let removals = agent_pods(pods.iter().map(|p| &**p))
         .into_values()
         .filter(|p| p.ready)
         .map(|pod| {
@@ -845,11 +960,11 @@ async fn cleanup(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
                 r
             }
         });
-    for result in futures::future::join_all(removals).await {
+    for result in in_flight(removals).await {
         result?;
     }
     let label = node_label::key(&ns, &name);
-    let labelled = labelled_nodes(ctx, &label).await?;
+    let labelled = labelled_nodes(ctx, &label)?;
     sync_labels(ctx, &label, &labelled, &[]).await?;
     let key = ObjectRef::from_obj(ds);
     ctx.memos
@@ -857,4 +972,53 @@ async fn cleanup(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .remove(&key);
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{NodeSpec, Taint};
+
+    use super::*;
+
+    fn node(labels: &[(&str, &str)], taints: &[&str]) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some("gpu-1".into());
+        n.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        n.spec = Some(NodeSpec {
+            taints: Some(
+                taints
+                    .iter()
+                    .map(|k| Taint {
+                        key: (*k).to_owned(),
+                        effect: "NoSchedule".into(),
+                        ..Taint::default()
+                    })
+                    .collect(),
+            ),
+            ..NodeSpec::default()
+        });
+        n
+    }
+
+    #[test]
+    fn only_node_changes_that_can_change_a_selection_requeue_datasets() {
+        let base = selection_key(&node(&[("gpu", "a100")], &[]));
+        let own = node_label::key("ml", "llama");
+        assert_eq!(
+            selection_key(&node(&[("gpu", "a100"), (own.as_str(), "ready")], &[])),
+            base,
+            "the operator's own Dataset label"
+        );
+        assert_ne!(selection_key(&node(&[("gpu", "h100")], &[])), base);
+        assert_ne!(selection_key(&node(&[], &[])), base);
+        assert_ne!(
+            selection_key(&node(&[("gpu", "a100")], &["nvidia.com/gpu"])),
+            base
+        );
+    }
 }
