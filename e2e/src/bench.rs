@@ -1404,14 +1404,21 @@ pulling a probe from one peer on the same shaped link vs one raw TCP stream \
 /// Replaces the text between the markers (inclusive) with `section`, or
 /// appends `section` when the markers are missing.
 pub fn splice_section(existing: &str, section: &str) -> String {
-    if let (Some(b), Some(e)) = (existing.find(RESULTS_BEGIN), existing.find(RESULTS_END))
+    splice_marked(existing, RESULTS_BEGIN, RESULTS_END, section)
+}
+
+/// Replaces the text from `begin` to `end` (inclusive, with the newline
+/// after `end`) with `section`, or appends `section` when either marker is
+/// missing.
+pub fn splice_marked(existing: &str, begin: &str, end: &str, section: &str) -> String {
+    if let (Some(b), Some(e)) = (existing.find(begin), existing.find(end))
         && b < e
     {
-        let mut end = e + RESULTS_END.len();
-        if existing[end..].starts_with('\n') {
-            end += 1;
+        let mut stop = e + end.len();
+        if existing[stop..].starts_with('\n') {
+            stop += 1;
         }
-        return format!("{}{section}{}", &existing[..b], &existing[end..]);
+        return format!("{}{section}{}", &existing[..b], &existing[stop..]);
     }
     let mut out = existing.to_owned();
     if !out.is_empty() {

@@ -1998,24 +1998,7 @@ anyone else's work share them).\n\n",
 /// Replaces the text between the scale markers (inclusive) with
 /// `section`, or appends it when they are missing.
 pub fn splice_section(existing: &str, section: &str) -> String {
-    if let (Some(b), Some(e)) = (existing.find(RESULTS_BEGIN), existing.find(RESULTS_END))
-        && b < e
-    {
-        let mut end = e + RESULTS_END.len();
-        if existing[end..].starts_with('\n') {
-            end += 1;
-        }
-        return format!("{}{section}{}", &existing[..b], &existing[end..]);
-    }
-    let mut out = existing.to_owned();
-    if !out.is_empty() {
-        if !out.ends_with('\n') {
-            out.push('\n');
-        }
-        out.push('\n');
-    }
-    out.push_str(section);
-    out
+    crate::bench::splice_marked(existing, RESULTS_BEGIN, RESULTS_END, section)
 }
 
 #[cfg(test)]
