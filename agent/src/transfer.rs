@@ -46,7 +46,8 @@ pub struct TransferConfig {
     /// A peer connection with requests outstanding and no bytes arriving
     /// for this long is dropped.
     pub stall_timeout: Duration,
-    /// Chunks read from the origin at once by one transfer.
+    /// Chunks read from the origin at once by one transfer (reached after
+    /// a slow start: one read, then one more per completed read).
     pub origin_chunk_concurrency: usize,
     pub origin: OriginOptions,
 }
@@ -629,7 +630,10 @@ impl Transfer {
             .map_err(|_| SessionError::Timeout("connect"))??;
         stream.set_nodelay(true)?;
         let (rd, mut wr) = stream.into_split();
-        let mut rd = BufReader::with_capacity(256 * 1024, rd);
+        // Small: frame headers and control frames go through this buffer,
+        // PIECE bodies mostly bypass it (what it holds of one is copied
+        // once more).
+        let mut rd = BufReader::with_capacity(32 * 1024, rd);
 
         // Handshake.
         let (kind, len) = tokio::time::timeout(io_timeout, wire::read_header(&mut rd))
@@ -823,7 +827,15 @@ impl Transfer {
                     let fetchers = lock(&self.plan).fetchers.clone();
                     let mut gained = false;
                     for rec in records {
-                        if rec.index >= self.layout.chunk_count() || !fetchers.accepts(&rev, &rec) {
+                        if rec.index >= self.layout.chunk_count() {
+                            continue;
+                        }
+                        // Every peer passes on the same attestation of a
+                        // chunk: check its signature once, not once per
+                        // peer (an ed25519 verification costs far more
+                        // than the rest of a HAVE).
+                        let known = lock(&self.board).attestation(rec.index) == Some(rec);
+                        if !known && !fetchers.accepts(&rev, &rec) {
                             continue;
                         }
                         // Lock order everywhere: peer_has, outstanding, board.
@@ -873,7 +885,7 @@ impl Transfer {
                         .map_err(|_| SessionError::Protocol("session closing".into()))?;
                     let mut buf = lock(&pool).pop().unwrap_or_default();
                     buf.resize(data_len as usize, 0);
-                    rd.read_exact(&mut buf).await?;
+                    wire::read_body(&mut rd, &mut buf).await?;
                     let this = self.clone();
                     let outstanding = outstanding.clone();
                     let events = events.clone();
@@ -990,10 +1002,16 @@ impl Transfer {
     }
 
     /// Reads this node's origin chunks, a few at a time.
+    ///
+    /// Starts with one read and adds one per completed read up to the
+    /// configured concurrency. All fetchers share the origin's link at the
+    /// start: with every fetcher reading several chunks at once, each chunk
+    /// takes that many times longer to complete, and until the first ones
+    /// do the peers have nothing to exchange and their links stay idle.
     async fn run_origin(self: Arc<Self>) {
-        let limit = Arc::new(tokio::sync::Semaphore::new(
-            self.cfg.origin_chunk_concurrency.max(1),
-        ));
+        let max = self.cfg.origin_chunk_concurrency.max(1);
+        let limit = Arc::new(tokio::sync::Semaphore::new(1));
+        let opened = Arc::new(AtomicU64::new(1));
         let mut version = self.board_version.subscribe();
         loop {
             let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -1003,8 +1021,18 @@ impl Transfer {
             match pick {
                 Some(i) => {
                     let this = self.clone();
+                    let limit = limit.clone();
+                    let opened = opened.clone();
                     tokio::spawn(async move {
                         this.fetch_origin_chunk(i).await;
+                        let grow = opened
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                (n < max as u64).then_some(n + 1)
+                            })
+                            .is_ok();
+                        if grow {
+                            limit.add_permits(1);
+                        }
                         drop(permit);
                     });
                 }

@@ -17,9 +17,12 @@
 //! it: `blake3::keyed_hash(token, context ‖ nonce ‖ revision ‖ ns ‖ 0 ‖ name)`.
 
 use std::io;
+use std::os::fd::AsRawFd;
 
 use swarmseed_proto::RevisionId;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 
 use crate::store::ChunkRecord;
 
@@ -95,6 +98,68 @@ pub async fn read_control<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> io::Resu
     let mut buf = vec![0u8; len as usize];
     r.read_exact(&mut buf).await?;
     Ok(buf)
+}
+
+/// Wake-ups per PIECE body are bounded by asking the kernel to report the
+/// socket readable only once this much of the body is queued
+/// (`SO_RCVLOWAT`), rather than at every 64 KiB segment.
+const BODY_LOW_WATER: usize = 256 * 1024;
+
+/// Reads a PIECE body of exactly `buf.len()` bytes: first what `rd` has
+/// buffered, then straight from the socket into `buf`, with the socket's
+/// low-water mark raised to the bytes still missing (capped) so that each
+/// wake-up brings a large piece. The mark is back at 1 byte on return, as
+/// the frames that follow may be small.
+pub async fn read_body(rd: &mut BufReader<OwnedReadHalf>, buf: &mut [u8]) -> io::Result<()> {
+    let buffered = rd.buffer().len().min(buf.len());
+    buf[..buffered].copy_from_slice(&rd.buffer()[..buffered]);
+    rd.consume(buffered);
+    let mut filled = buffered;
+    let sock = rd.get_mut();
+    let mut low_water = 1;
+    let result = async {
+        while filled < buf.len() {
+            let want = (buf.len() - filled).min(BODY_LOW_WATER);
+            if want != low_water {
+                set_low_water(sock.as_ref(), want)?;
+                low_water = want;
+            }
+            match sock.read(&mut buf[filled..]).await? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => filled += n,
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if low_water != 1 {
+        set_low_water(sock.as_ref(), 1)?;
+    }
+    result
+}
+
+/// `setsockopt(SO_RCVLOWAT)`. On TCP, Linux wakes a reader (and reports
+/// EPOLLIN) once this many bytes are queued, or earlier when the receive
+/// window is nearly closed, so a mark never stalls a stream.
+fn set_low_water(sock: &TcpStream, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a plain system call on a socket that `sock` keeps open for
+    // the duration of the call; `value` outlives it and its size is passed.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 pub fn encode_haves(records: &[ChunkRecord]) -> Vec<u8> {
@@ -208,5 +273,53 @@ mod tests {
         assert_ne!(m, hello_mac(&[9; 32], &[2; 32], &rev, "a", "b"));
         assert_ne!(m, hello_mac(&[1; 32], &[3; 32], &rev, "a", "b"));
         assert_ne!(m, hello_mac(&[1; 32], &[2; 32], &rev, "ab", ""));
+    }
+
+    /// A body that trickles in (partly already buffered) arrives whole,
+    /// and the small frame behind it is read without waiting for more
+    /// bytes: the low-water mark does not outlive the body.
+    #[tokio::test]
+    async fn a_body_arrives_whole_and_the_next_small_frame_does_not_stall() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body: Vec<u8> = (0..3 * BODY_LOW_WATER + 12_345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let sent = body.clone();
+        let writer = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&header(PIECE, sent.len() as u32))
+                .await
+                .unwrap();
+            for part in sent.chunks(100_003) {
+                s.write_all(part).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            s.write_all(&header(REJECT, 4)).await.unwrap();
+            s.write_all(&u32_payload(7)).await.unwrap();
+            // Keep the connection open: EOF must not be what wakes the
+            // reader.
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        });
+        let (sock, _) = listener.accept().await.unwrap();
+        let (rd, _wr) = sock.into_split();
+        let mut rd = BufReader::with_capacity(64 * 1024, rd);
+        let deadline = std::time::Duration::from_secs(10);
+        let (kind, len) = read_header(&mut rd).await.unwrap();
+        assert_eq!((kind, len as usize), (PIECE, body.len()));
+        let mut got = vec![0u8; body.len()];
+        tokio::time::timeout(deadline, read_body(&mut rd, &mut got))
+            .await
+            .expect("body stalled")
+            .unwrap();
+        assert!(got == body, "body bytes differ");
+        let (kind, len) = tokio::time::timeout(deadline, read_header(&mut rd))
+            .await
+            .expect("frame after the body stalled")
+            .unwrap();
+        assert_eq!((kind, len), (REJECT, 4));
+        let p = read_control(&mut rd, len).await.unwrap();
+        assert_eq!(parse_u32(&p).unwrap(), 7);
+        writer.abort();
     }
 }
