@@ -28,7 +28,13 @@ impl AgentControl for ControlService {
         &self,
         request: Request<pb::Assignment>,
     ) -> Result<Response<pb::ApplyAssignmentResponse>, Status> {
-        let resp = self.agent.apply(request.into_inner()).await?;
+        // Run to the end even if the caller gives up (a revision of many
+        // files takes a while to lay out): its retry then finds the
+        // assignment in place instead of starting over.
+        let agent = self.agent.clone();
+        let resp = tokio::spawn(async move { agent.apply(request.into_inner()).await })
+            .await
+            .map_err(|e| Status::internal(format!("applying the assignment: {e}")))??;
         Ok(Response::new(resp))
     }
 

@@ -18,7 +18,7 @@
 //! RESOLVE_NO_SYMLINKS)`, so no listed path can reach outside it, even
 //! through a symlink planted on the disk.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -26,6 +26,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -185,6 +186,58 @@ impl ChunkRecord {
 pub struct NodeStore {
     root: PathBuf,
     write_behind: WriteBehind,
+    usage: Arc<UsageCache>,
+}
+
+/// How old the reported size of the store may be. Measuring it takes a
+/// `statx` of every file under the root: on every status call (the
+/// operator asks every agent every few seconds) that would cost more CPU
+/// than the transfers themselves once datasets hold tens of thousands of
+/// files.
+const USAGE_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// The store's size, measured off the caller's thread when stale.
+struct UsageCache {
+    max_age: Duration,
+    bytes: AtomicU64,
+    /// When the last measurement finished, and whether one is running.
+    state: Mutex<(Instant, bool)>,
+}
+
+impl UsageCache {
+    fn measure(root: &Path, max_age: Duration) -> Self {
+        Self {
+            max_age,
+            bytes: AtomicU64::new(tree_bytes(root)),
+            state: Mutex::new((Instant::now(), false)),
+        }
+    }
+
+    /// The last measurement; starts a new one in the background when it
+    /// is older than `max_age`.
+    fn get(self: &Arc<Self>, root: &Path) -> u64 {
+        let start = {
+            let mut state = lock(&self.state);
+            let (measured, running) = *state;
+            let start = !running && measured.elapsed() >= self.max_age;
+            state.1 |= start;
+            start
+        };
+        if start {
+            let this = self.clone();
+            let root = root.to_owned();
+            let spawned = std::thread::Builder::new()
+                .name("disk-usage".into())
+                .spawn(move || {
+                    this.bytes.store(tree_bytes(&root), Ordering::Relaxed);
+                    *lock(&this.state) = (Instant::now(), false);
+                });
+            if spawned.is_err() {
+                lock(&self.state).1 = false;
+            }
+        }
+        self.bytes.load(Ordering::Relaxed)
+    }
 }
 
 impl NodeStore {
@@ -200,7 +253,12 @@ impl NodeStore {
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
             .map_err(io_err(&state))?;
         let write_behind = WriteBehind::start().map_err(io_err("the write-behind thread"))?;
-        Ok(Self { root, write_behind })
+        let usage = Arc::new(UsageCache::measure(&root, USAGE_MAX_AGE));
+        Ok(Self {
+            root,
+            write_behind,
+            usage,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -436,8 +494,10 @@ impl NodeStore {
         Ok(existed)
     }
 
+    /// The store's size (measured at most [`USAGE_MAX_AGE`] ago) and its
+    /// filesystem's free and total bytes (now).
     pub fn disk_usage(&self) -> pb::DiskUsage {
-        let store_bytes = tree_bytes(&self.root);
+        let store_bytes = self.usage.get(&self.root);
         let (free, total) = nix::sys::statvfs::statvfs(&self.root)
             .map(|s| {
                 let f = s.fragment_size();
@@ -522,8 +582,9 @@ impl RevisionFiles {
 
     fn create_files(&self, previous: Option<&RevisionFiles>) -> Result<(), StoreError> {
         let mut linked = lock(&self.linked);
+        let mut dirs = HashSet::new();
         for (i, f) in self.layout.files().iter().enumerate() {
-            self.ensure_parent_dirs(&f.path)?;
+            self.ensure_parent_dirs(&f.path, &mut dirs)?;
             if let Some(prev) = previous.filter(|p| p.find_unchanged(f).is_some()) {
                 match nix::unistd::linkat(
                     prev.dir_fd.as_fd(),
@@ -550,16 +611,25 @@ impl RevisionFiles {
         Ok(())
     }
 
-    fn ensure_parent_dirs(&self, path: &str) -> Result<(), StoreError> {
+    /// Creates the parent directories of `path`, each checked to be a real
+    /// directory; `done` holds those already checked by this caller (files
+    /// of a dataset share few directories).
+    fn ensure_parent_dirs(&self, path: &str, done: &mut HashSet<String>) -> Result<(), StoreError> {
         let Some((parents, _)) = path.rsplit_once('/') else {
             return Ok(());
         };
+        if done.contains(parents) {
+            return Ok(());
+        }
         let mut prefix = String::new();
         for seg in parents.split('/') {
             if !prefix.is_empty() {
                 prefix.push('/');
             }
             prefix.push_str(seg);
+            if done.contains(&prefix) {
+                continue;
+            }
             match nix::sys::stat::mkdirat(
                 self.dir_fd.as_fd(),
                 prefix.as_str(),
@@ -575,6 +645,7 @@ impl RevisionFiles {
                 .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
             openat2(self.dir_fd.as_fd(), prefix.as_str(), how)
                 .map_err(|e| self.open_error(path, e))?;
+            done.insert(prefix.clone());
         }
         Ok(())
     }
@@ -981,6 +1052,27 @@ mod tests {
             .write_all(&[1, 2, 3])
             .unwrap();
         assert_eq!(rev.load_records(), vec![rec]);
+    }
+
+    #[test]
+    fn the_store_size_is_remeasured_in_the_background_only_when_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), vec![1u8; 64 << 10]).unwrap();
+
+        let fresh = Arc::new(UsageCache::measure(dir.path(), Duration::from_secs(3600)));
+        let first = fresh.get(dir.path());
+        assert!(first >= 64 << 10, "measured at creation: {first}");
+        std::fs::write(dir.path().join("b"), vec![2u8; 1 << 20]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(fresh.get(dir.path()), first, "not stale yet: no new walk");
+
+        let stale = Arc::new(UsageCache::measure(dir.path(), Duration::ZERO));
+        std::fs::write(dir.path().join("c"), vec![3u8; 1 << 20]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stale.get(dir.path()) < (2 << 20) + (64 << 10) {
+            assert!(Instant::now() < deadline, "the new file was never counted");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
