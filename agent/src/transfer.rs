@@ -46,8 +46,7 @@ pub struct TransferConfig {
     /// A peer connection with requests outstanding and no bytes arriving
     /// for this long is dropped.
     pub stall_timeout: Duration,
-    /// Chunks read from the origin at once by one transfer (reached after
-    /// a slow start: one read, then one more per completed read).
+    /// Chunks read from the origin at once by one transfer.
     pub origin_chunk_concurrency: usize,
     pub origin: OriginOptions,
 }
@@ -1002,16 +1001,10 @@ impl Transfer {
     }
 
     /// Reads this node's origin chunks, a few at a time.
-    ///
-    /// Starts with one read and adds one per completed read up to the
-    /// configured concurrency. All fetchers share the origin's link at the
-    /// start: with every fetcher reading several chunks at once, each chunk
-    /// takes that many times longer to complete, and until the first ones
-    /// do the peers have nothing to exchange and their links stay idle.
     async fn run_origin(self: Arc<Self>) {
-        let max = self.cfg.origin_chunk_concurrency.max(1);
-        let limit = Arc::new(tokio::sync::Semaphore::new(1));
-        let opened = Arc::new(AtomicU64::new(1));
+        let limit = Arc::new(tokio::sync::Semaphore::new(
+            self.cfg.origin_chunk_concurrency.max(1),
+        ));
         let mut version = self.board_version.subscribe();
         loop {
             let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -1021,18 +1014,8 @@ impl Transfer {
             match pick {
                 Some(i) => {
                     let this = self.clone();
-                    let limit = limit.clone();
-                    let opened = opened.clone();
                     tokio::spawn(async move {
                         this.fetch_origin_chunk(i).await;
-                        let grow = opened
-                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                                (n < max as u64).then_some(n + 1)
-                            })
-                            .is_ok();
-                        if grow {
-                            limit.add_permits(1);
-                        }
                         drop(permit);
                     });
                 }
@@ -1073,13 +1056,20 @@ impl Transfer {
         .await;
         match result {
             Ok(data) => {
-                let digest = ChunkDigest::of(&data);
-                let record = self.identity.attest(&self.revision(), index, digest);
-                let written = self
-                    .files
-                    .write_chunk(index, &data)
-                    .map_err(SessionError::from)
-                    .and_then(|()| self.commit(record, "origin", data.len() as u64, true));
+                // Hash and write off the async workers, as for peer chunks:
+                // a write can block for long while the kernel throttles
+                // dirty pages, and the control API must still answer.
+                let this = self.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    let digest = ChunkDigest::of(&data);
+                    let record = this.identity.attest(&this.revision(), index, digest);
+                    this.files
+                        .write_chunk(index, &data)
+                        .map_err(SessionError::from)
+                        .and_then(|()| this.commit(record, "origin", data.len() as u64, true))
+                })
+                .await
+                .unwrap_or_else(|e| Err(SessionError::Io(std::io::Error::other(e))));
                 if let Err(e) = written {
                     lock(&self.board).release(index);
                     self.fail("StorageError", e.to_string());
