@@ -124,26 +124,39 @@ impl FetcherTable {
             .collect()
     }
 
-    pub fn may_vouch(&self, key: &[u8; 32], index: u32) -> bool {
-        self.fetchers
-            .iter()
-            .any(|(_, k, ranges)| k == key && ranges.iter().any(|&(s, e)| s <= index && index < e))
-    }
-
-    /// Whether `record` is a valid attestation of a fetcher the plan names
-    /// for that chunk.
+    /// Whether `record` is a valid attestation by one of the plan's
+    /// fetchers. Any of them may vouch for any chunk: a fetcher done with
+    /// its own ranges helps one that lags (see `Board::pick_help`), and a
+    /// fetcher is trusted with the origin's bytes either way.
     pub fn accepts(&self, revision: &RevisionId, record: &ChunkRecord) -> bool {
-        let Some((key, _, _)) = self.fetchers.iter().find(|(_, k, ranges)| {
-            *k == record.signer
-                && ranges
-                    .iter()
-                    .any(|&(s, e)| s <= record.index && record.index < e)
-        }) else {
+        let Some((key, _, _)) = self.fetchers.iter().find(|(_, k, _)| *k == record.signer) else {
             return false;
         };
         let sig = Signature::from_bytes(&record.signature);
         key.verify(&message(revision, record.index, &record.digest), &sig)
             .is_ok()
+    }
+
+    /// The ranges of every fetcher but `key`, and `key`'s position among
+    /// the fetchers (the same on every agent following this plan).
+    pub fn others(&self, key: &[u8; 32]) -> (Vec<(u32, u32)>, Option<usize>) {
+        let rank = self.fetchers.iter().position(|(_, k, _)| k == key);
+        let ranges = self
+            .fetchers
+            .iter()
+            .filter(|(_, k, _)| k != key)
+            .flat_map(|(_, _, r)| r.iter().copied())
+            .collect();
+        (ranges, rank)
+    }
+
+    /// How many fetchers the plan names.
+    pub fn len(&self) -> usize {
+        self.fetchers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fetchers.is_empty()
     }
 }
 
@@ -160,7 +173,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_planned_fetcher_may_vouch_for_its_chunks() {
+    fn only_a_planned_fetcher_may_vouch() {
         let dir = tempfile::tempdir().unwrap();
         let a = Identity::load_or_create(&dir.path().join("a.key")).unwrap();
         let b = Identity::load_or_create(&dir.path().join("b.key")).unwrap();
@@ -168,9 +181,10 @@ mod tests {
         let table = plan(&a, 0, 10);
         let good = a.attest(&rev, 4, ChunkDigest([1; 32]));
         assert!(table.accepts(&rev, &good));
-        // Outside a's range, by someone not in the plan, tampered digest,
-        // other revision: all refused.
-        assert!(!table.accepts(&rev, &a.attest(&rev, 10, ChunkDigest([1; 32]))));
+        // A fetcher may help outside its own range.
+        assert!(table.accepts(&rev, &a.attest(&rev, 10, ChunkDigest([1; 32]))));
+        // Someone not in the plan, a tampered digest, another revision: all
+        // refused.
         assert!(!table.accepts(&rev, &b.attest(&rev, 4, ChunkDigest([1; 32]))));
         let mut tampered = good;
         tampered.digest = ChunkDigest([2; 32]);

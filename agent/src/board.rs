@@ -59,6 +59,54 @@ impl ChunkSet {
     }
 }
 
+/// The order in which one session scans the chunks for its next request.
+///
+/// New chunks appear in runs (a fetcher reads its range front to back), so
+/// sessions that scanned from different starts in index order would still
+/// all ask for the first chunk of a run, and a node would send the same
+/// chunk to every peer at once, leaving none of them anything to pass on.
+/// A random start and a random stride coprime to the chunk count visit
+/// every chunk once, in an order that differs between sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanOrder {
+    start: u32,
+    stride: u32,
+}
+
+impl ScanOrder {
+    /// Index order from chunk 0.
+    pub const SEQUENTIAL: Self = Self {
+        start: 0,
+        stride: 1,
+    };
+
+    /// A random order over `n` chunks.
+    pub fn random(n: u32) -> Self {
+        if n < 2 {
+            return Self::SEQUENTIAL;
+        }
+        let start = rand::random::<u32>() % n;
+        loop {
+            let stride = 1 + rand::random::<u32>() % (n - 1);
+            if gcd(stride, n) == 1 {
+                return Self { start, stride };
+            }
+        }
+    }
+
+    /// The `k`-th chunk visited (`k < n`).
+    fn nth(self, k: u32, n: u32) -> u32 {
+        ((self.start as u64 + k as u64 * self.stride as u64) % n as u64) as u32
+    }
+}
+
+fn gcd(mut a: u32, mut b: u32) -> u32 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
 /// Most requests outstanding for one chunk in endgame.
 const ENDGAME_DUPLICATES: u8 = 2;
 
@@ -189,10 +237,11 @@ impl Board {
 
     /// The next chunk to request from a peer holding `peer_has`: not
     /// verified, digest known, not one this node reads from the origin, not
-    /// in flight, rarest first (ties broken by the scan starting at
-    /// `cursor`). In endgame (nothing else left) a chunk in flight elsewhere
-    /// may be picked once more. Marks the pick in flight.
-    pub fn pick(&mut self, peer_has: &ChunkSet, cursor: u32) -> Option<u32> {
+    /// in flight, rarest first (ties broken by
+    /// the session's scan `order`). With `skip_sole`, chunks no other peer
+    /// holds are passed over. In endgame (nothing else left) a chunk in
+    /// flight elsewhere may be picked once more. Marks the pick in flight.
+    pub fn pick(&mut self, peer_has: &ChunkSet, order: ScanOrder, skip_sole: bool) -> Option<u32> {
         let n = self.chunk_count();
         if n == 0 {
             return None;
@@ -200,7 +249,7 @@ impl Board {
         let mut best: Option<(u16, u32)> = None;
         let mut endgame: Option<u32> = None;
         for k in 0..n {
-            let i = (cursor.wrapping_add(k)) % n;
+            let i = order.nth(k, n);
             if !peer_has.contains(i)
                 || self.verified.contains(i)
                 || self.expected[i as usize].is_none()
@@ -214,6 +263,9 @@ impl Board {
                 continue;
             }
             if self.origin.contains(i) && self.availability[i as usize] == 0 {
+                continue;
+            }
+            if skip_sole && self.availability[i as usize] <= 1 {
                 continue;
             }
             let a = self.availability[i as usize].max(1);
@@ -252,10 +304,58 @@ impl Board {
         self.begin(i);
         Some(i)
     }
+
+    /// A chunk of another fetcher's ranges for this node to read from the
+    /// origin, once its own are all done or in flight.
+    ///
+    /// Fetchers read their ranges front to back, and on shared links some
+    /// fall behind; the last one to finish holds up every node. A helper
+    /// takes chunks nobody has vouched for yet from the back of the range
+    /// with the most of them left, and only a chunk with more than
+    /// [`HELP_MARGIN`] such chunks before it: the range's own fetcher works
+    /// there, and a chunk both read is origin egress spent twice. Helpers
+    /// take every `helpers`-th chunk, starting at their `rank`, so no two
+    /// helpers read the same chunk.
+    pub fn pick_help(&mut self, others: &[(u32, u32)], rank: u32, helpers: u32) -> Option<u32> {
+        let n = self.chunk_count();
+        let helpers = helpers.max(1);
+        let mut ranges: Vec<Vec<u32>> = others
+            .iter()
+            .map(|&(s, e)| {
+                (s..e.min(n))
+                    .filter(|&i| {
+                        !self.verified.contains(i)
+                            && self.expected[i as usize].is_none()
+                            && self.inflight[i as usize] == 0
+                            && self.availability[i as usize] == 0
+                            && !self.origin.contains(i)
+                    })
+                    .collect()
+            })
+            .filter(|open: &Vec<u32>| open.len() > HELP_MARGIN)
+            .collect();
+        ranges.sort_unstable_by_key(|open| std::cmp::Reverse(open.len()));
+        // `open[k]` has k unvouched chunks before it in its range.
+        let pick = ranges.iter().find_map(|open| {
+            open[HELP_MARGIN + 1..]
+                .iter()
+                .rev()
+                .copied()
+                .find(|&i| i % helpers == rank % helpers)
+        })?;
+        self.begin(pick);
+        Some(pick)
+    }
 }
+
+/// Unvouched chunks at the front of a range that a helper leaves to the
+/// range's own fetcher (which reads up to four at a time).
+pub const HELP_MARGIN: usize = 8;
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn rec(i: u32) -> ChunkRecord {
@@ -285,10 +385,16 @@ mod tests {
         for i in [0, 1, 3, 0, 1, 3, 0, 1, 2, 3] {
             b.peer_gained(i);
         }
-        assert_eq!(b.pick(&set(4, &[0, 1, 2, 3]), 0), Some(2));
+        assert_eq!(
+            b.pick(&set(4, &[0, 1, 2, 3]), ScanOrder::SEQUENTIAL, false),
+            Some(2)
+        );
         assert_eq!(b.inflight(2), 1);
         // Next pick skips the in-flight chunk.
-        assert_eq!(b.pick(&set(4, &[2, 3]), 0), Some(3));
+        assert_eq!(
+            b.pick(&set(4, &[2, 3]), ScanOrder::SEQUENTIAL, false),
+            Some(3)
+        );
     }
 
     #[test]
@@ -297,7 +403,10 @@ mod tests {
         b.learn(rec(1));
         b.learn(rec(2));
         assert!(b.complete(rec(2)));
-        assert_eq!(b.pick(&set(3, &[0, 1, 2]), 0), Some(1));
+        assert_eq!(
+            b.pick(&set(3, &[0, 1, 2]), ScanOrder::SEQUENTIAL, false),
+            Some(1)
+        );
         assert_eq!(b.remaining(), 2);
         assert!(!b.complete(rec(2)), "duplicate completion is reported");
     }
@@ -308,13 +417,13 @@ mod tests {
         b.learn(rec(0));
         b.learn(rec(1));
         let all = set(2, &[0, 1]);
-        assert!(b.pick(&all, 0).is_some());
-        assert!(b.pick(&all, 0).is_some());
+        assert!(b.pick(&all, ScanOrder::SEQUENTIAL, false).is_some());
+        assert!(b.pick(&all, ScanOrder::SEQUENTIAL, false).is_some());
         // Everything missing is in flight: endgame picks a duplicate...
-        assert!(b.pick(&all, 0).is_some());
-        assert!(b.pick(&all, 0).is_some());
+        assert!(b.pick(&all, ScanOrder::SEQUENTIAL, false).is_some());
+        assert!(b.pick(&all, ScanOrder::SEQUENTIAL, false).is_some());
         // ...but no more than two requests per chunk.
-        assert_eq!(b.pick(&all, 0), None);
+        assert_eq!(b.pick(&all, ScanOrder::SEQUENTIAL, false), None);
     }
 
     #[test]
@@ -323,14 +432,99 @@ mod tests {
         b.learn(rec(0));
         b.assign_origin(0);
         b.assign_origin(1);
-        assert_eq!(b.pick(&set(2, &[0]), 0), None, "no peer: origin's job");
+        assert_eq!(
+            b.pick(&set(2, &[0]), ScanOrder::SEQUENTIAL, false),
+            None,
+            "no peer: origin's job"
+        );
         assert_eq!(b.pick_origin(), Some(0));
         assert_eq!(b.pick_origin(), Some(1));
         assert_eq!(b.pick_origin(), None);
         b.release(0);
         b.peer_gained(0);
         assert_eq!(b.pick_origin(), None, "a peer has it now");
-        assert_eq!(b.pick(&set(2, &[0]), 0), Some(0));
+        assert_eq!(b.pick(&set(2, &[0]), ScanOrder::SEQUENTIAL, false), Some(0));
+    }
+
+    #[test]
+    fn skip_sole_passes_over_chunks_only_this_peer_holds() {
+        let mut b = Board::new(3);
+        for i in 0..3 {
+            b.learn(rec(i));
+        }
+        // Chunk 0 is held by this peer alone, chunk 1 by two peers.
+        for i in [0, 1, 1] {
+            b.peer_gained(i);
+        }
+        let has = set(3, &[0, 1]);
+        assert_eq!(b.pick(&has, ScanOrder::SEQUENTIAL, true), Some(1));
+        assert_eq!(b.pick(&has, ScanOrder::SEQUENTIAL, true), None);
+        assert_eq!(b.pick(&has, ScanOrder::SEQUENTIAL, false), Some(0));
+    }
+
+    #[test]
+    fn a_random_order_visits_every_chunk_once() {
+        for n in [1, 2, 7, 64, 1000] {
+            for _ in 0..20 {
+                let order = ScanOrder::random(n);
+                let mut seen: Vec<u32> = (0..n).map(|k| order.nth(k, n)).collect();
+                seen.sort_unstable();
+                assert_eq!(seen, (0..n).collect::<Vec<_>>(), "{order:?} over {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn sessions_start_a_run_of_new_chunks_in_different_places() {
+        // Ten new chunks in a row at the end of 1024: sessions with random
+        // orders do not all ask for the same one first.
+        let n = 1024;
+        let firsts: HashSet<u32> = (0..16)
+            .map(|_| {
+                let order = ScanOrder::random(n);
+                (0..n)
+                    .map(|k| order.nth(k, n))
+                    .find(|&i| i >= n - 10)
+                    .unwrap()
+            })
+            .collect();
+        assert!(firsts.len() > 2, "{firsts:?}");
+    }
+
+    #[test]
+    fn helpers_take_unvouched_chunks_from_the_back_of_the_range_furthest_behind() {
+        let mut b = Board::new(60);
+        // This node's own range is 0..20 and done; 20..40 has 12 chunks
+        // nobody vouched for, 40..60 has 20.
+        for i in 0..20 {
+            b.assign_origin(i);
+            b.complete(rec(i));
+        }
+        for i in 20..28 {
+            b.learn(rec(i));
+        }
+        let others = [(20, 40), (40, 60)];
+        // Helper 0 of 2 takes even chunks from the back of 40..60.
+        assert_eq!(b.pick_help(&others, 0, 2), Some(58));
+        assert_eq!(b.pick_help(&others, 0, 2), Some(56));
+        // Helper 1 of 2 takes the odd ones.
+        assert_eq!(b.pick_help(&others, 1, 2), Some(59));
+        // Chunks a peer holds or nobody must read again are skipped.
+        b.peer_gained(54);
+        assert_eq!(b.pick_help(&others, 0, 2), Some(52));
+    }
+
+    #[test]
+    fn helpers_leave_the_front_of_a_range_to_its_fetcher() {
+        let mut b = Board::new(20);
+        let others = [(0, 20)];
+        let margin = HELP_MARGIN as u32;
+        for i in 0..(20 - margin - 2) {
+            b.learn(rec(i));
+        }
+        // HELP_MARGIN + 2 unvouched: the last has HELP_MARGIN + 1 before it.
+        assert_eq!(b.pick_help(&others, 0, 1), Some(19));
+        assert_eq!(b.pick_help(&others, 0, 1), None);
     }
 
     #[test]

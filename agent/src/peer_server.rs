@@ -196,7 +196,7 @@ async fn write_loop(
     haves: &mut broadcast::Receiver<ChunkRecord>,
 ) -> io::Result<()> {
     loop {
-        let next = lock(&queue.0).pop_front();
+        let next = next_outgoing(&mut lock(&queue.0), |i| transfer.uploads(i));
         match next {
             Some(Outgoing::Reject(index)) => {
                 wire::write_frame(wr, wire::REJECT, &wire::u32_payload(index)).await?;
@@ -207,6 +207,7 @@ async fn write_loop(
                     continue;
                 }
                 let len = transfer.layout().chunk_len(index);
+                transfer.count_upload(index);
                 transfer.upload_limit().take(len).await;
                 send_piece(wr, transfer, index).await?;
                 transfer.served(len);
@@ -240,6 +241,27 @@ async fn write_loop(
             send_haves(wr, &pending).await?;
         }
     }
+}
+
+/// What to send next: a rejection first, then the requested chunk of
+/// which this node has sent the fewest copies (the earliest asked among
+/// equals). Every peer asks the node that fetched a chunk from the origin
+/// for it at first; sending each such chunk to one peer before sending any
+/// twice lets the peers pass it on, instead of this node's uplink carrying
+/// every copy.
+fn next_outgoing(queue: &mut VecDeque<Outgoing>, uploads: impl Fn(u32) -> u16) -> Option<Outgoing> {
+    if let Some(pos) = queue.iter().position(|o| matches!(o, Outgoing::Reject(_))) {
+        return queue.remove(pos);
+    }
+    let pos = queue
+        .iter()
+        .enumerate()
+        .min_by_key(|&(pos, o)| match *o {
+            Outgoing::Piece(i) => (uploads(i), pos),
+            Outgoing::Reject(_) => (0, pos),
+        })
+        .map(|(pos, _)| pos)?;
+    queue.remove(pos)
 }
 
 async fn send_piece(
@@ -303,4 +325,27 @@ async fn sendfile_all(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_first_then_the_least_sent_chunk() {
+        let sent = |i: u32| [3, 0, 1, 0][i as usize];
+        let mut q: VecDeque<Outgoing> = [0, 2, 3, 1].map(Outgoing::Piece).into();
+        q.push_back(Outgoing::Reject(2));
+        let order: Vec<_> = std::iter::from_fn(|| next_outgoing(&mut q, sent)).collect();
+        assert_eq!(
+            order,
+            [
+                Outgoing::Reject(2),
+                Outgoing::Piece(3),
+                Outgoing::Piece(1),
+                Outgoing::Piece(2),
+                Outgoing::Piece(0)
+            ]
+        );
+    }
 }

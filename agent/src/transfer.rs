@@ -15,7 +15,7 @@
 //! dropped for the rest of the transfer.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::attest::{FetcherTable, Identity};
-use crate::board::{Board, ChunkSet};
+use crate::board::{Board, ChunkSet, ScanOrder};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::origin::{OriginClient, OriginError, OriginOptions};
 use crate::store::{ChunkRecord, DatasetKey, NodeStore, RevisionFiles};
@@ -130,8 +130,66 @@ impl SessionError {
 /// Chunks of one peer session being verified at once.
 const VERIFY_SLOTS: usize = 3;
 
+/// Requests one session keeps in flight however slow its peer: one being
+/// sent and one waiting keep the connection busy.
+const MIN_DEPTH: usize = 2;
+
+/// A session keeps about this much of its peer's recent rate in flight
+/// beyond the chunk being sent. A peer whose uplink is shared by many
+/// sessions serves each slowly; a chunk queued there waits while another
+/// peer that holds it idles, so slow peers get short queues.
+const QUEUE_TIME: Duration = Duration::from_millis(250);
+
+/// The window over which a session's receive rate is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(2);
+
+/// Chunk bytes one session received over the last [`RATE_WINDOW`].
+struct SessionRate {
+    since: Instant,
+    arrivals: std::collections::VecDeque<(Instant, u64)>,
+    bytes: u64,
+}
+
+impl SessionRate {
+    fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            arrivals: Default::default(),
+            bytes: 0,
+        }
+    }
+
+    fn record(&mut self, now: Instant, bytes: u64) {
+        self.arrivals.push_back((now, bytes));
+        self.bytes += bytes;
+    }
+
+    /// Requests to keep in flight: `max` until the session has been up for
+    /// a whole window, then one plus [`QUEUE_TIME`] of the measured rate.
+    fn depth(&mut self, now: Instant, max: usize, chunk_size: u64) -> usize {
+        while let Some(&(t, b)) = self.arrivals.front() {
+            if now.duration_since(t) <= RATE_WINDOW {
+                break;
+            }
+            self.arrivals.pop_front();
+            self.bytes -= b;
+        }
+        if now.duration_since(self.since) < RATE_WINDOW {
+            return max;
+        }
+        let per_sec = self.bytes as f64 / RATE_WINDOW.as_secs_f64();
+        let queued = per_sec * QUEUE_TIME.as_secs_f64() / chunk_size.max(1) as f64;
+        (1 + queued.ceil() as usize).clamp(MIN_DEPTH.min(max), max)
+    }
+}
+
+/// Requests one session keeps in flight for chunks its peer alone holds
+/// (when other peers could relay them).
+const SOLE_SOURCE_REQUESTS: usize = 2;
+
 enum SessionEvent {
-    Resolved,
+    /// A request was answered: this many chunk bytes arrived (0: refused).
+    Resolved(u64),
     Closed(Result<(), SessionError>),
 }
 
@@ -157,6 +215,8 @@ pub struct Transfer {
     /// just not assigned yet).
     last_seen: Mutex<HashMap<String, Instant>>,
     banned: Mutex<HashSet<String>>,
+    /// Copies of each chunk this node has begun sending to peers.
+    uploads: Box<[AtomicU16]>,
     started: Instant,
     /// Test-only fault switch: serve corrupted bytes.
     pub corrupt_serving: bool,
@@ -185,6 +245,9 @@ impl Transfer {
             }
         }
         let (haves, _) = broadcast::channel(4096);
+        let uploads = (0..layout.chunk_count())
+            .map(|_| AtomicU16::new(0))
+            .collect();
         Ok(Arc::new(Self {
             key,
             files,
@@ -204,6 +267,7 @@ impl Transfer {
             live_nodes: Mutex::new(HashSet::new()),
             last_seen: Mutex::new(HashMap::new()),
             banned: Mutex::new(HashSet::new()),
+            uploads,
             started: Instant::now(),
             corrupt_serving,
         }))
@@ -291,6 +355,20 @@ impl Transfer {
 
     pub fn has_chunk(&self, i: u32) -> bool {
         lock(&self.board).is_verified(i)
+    }
+
+    /// Copies of chunk `i` this node has begun sending to peers.
+    pub fn uploads(&self, i: u32) -> u16 {
+        self.uploads
+            .get(i as usize)
+            .map_or(0, |u| u.load(Ordering::Relaxed))
+    }
+
+    /// Notes that a copy of chunk `i` is being sent to a peer.
+    pub fn count_upload(&self, i: u32) {
+        if let Some(u) = self.uploads.get(i as usize) {
+            let _ = u.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
+        }
     }
 
     pub fn served(&self, bytes: u64) {
@@ -720,10 +798,11 @@ impl Transfer {
         result
     }
 
+    /// Most requests in flight to one peer: about 8 MiB, enough to fill a
+    /// fast link. A session keeps fewer when its peer serves it slowly
+    /// (see [`SessionRate`]).
     fn depth(&self) -> usize {
-        // Keep about 8 MiB in flight per peer: enough to fill a fast link,
-        // few enough that the tail is not stuck on one slow peer.
-        ((8 << 20) / self.layout.chunk_size()).clamp(2, 16) as usize
+        ((8 << 20) / self.layout.chunk_size()).clamp(MIN_DEPTH as u64, 16) as usize
     }
 
     async fn request_loop(
@@ -735,12 +814,19 @@ impl Transfer {
         cancel: &CancellationToken,
     ) -> Result<(), SessionError> {
         let mut version = self.board_version.subscribe();
-        let cursor = rand::random::<u32>();
-        let depth = self.depth();
+        let order = ScanOrder::random(self.layout.chunk_count());
+        let max_depth = self.depth();
+        let mut rate = SessionRate::new(Instant::now());
         let mut last_progress = Instant::now();
         loop {
+            let depth = rate.depth(Instant::now(), max_depth, self.layout.chunk_size());
             // Fill the pipeline.
             let mut requests = Vec::new();
+            // With other peers to relay from, keep few requests here for
+            // chunks only this peer holds: everyone else is asking it for
+            // the same fresh chunks, and the ones not in flight can come
+            // from whoever gets them first.
+            let relays = lock(&self.live_nodes).len() > 1;
             {
                 let has = lock(peer_has);
                 let mut out = lock(outstanding);
@@ -749,7 +835,9 @@ impl Transfer {
                     return Ok(());
                 }
                 while out.len() < depth {
-                    match board.pick(&has, cursor) {
+                    let sole = out.iter().filter(|&&i| board.availability(i) <= 1).count();
+                    let skip_sole = relays && sole >= SOLE_SOURCE_REQUESTS;
+                    match board.pick(&has, order, skip_sole) {
                         Some(i) => {
                             out.insert(i);
                             requests.push(i);
@@ -773,7 +861,10 @@ impl Transfer {
                 .saturating_sub(last_progress.elapsed());
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(SessionEvent::Resolved) => last_progress = Instant::now(),
+                    Some(SessionEvent::Resolved(bytes)) => {
+                        last_progress = Instant::now();
+                        rate.record(last_progress, bytes);
+                    }
                     Some(SessionEvent::Closed(r)) => return r,
                     None => return Ok(()),
                 },
@@ -891,10 +982,11 @@ impl Transfer {
                     let pool = pool.clone();
                     tokio::task::spawn_blocking(move || {
                         let result = this.verify_peer_chunk(index, &buf, &outstanding);
+                        let buf_len = buf.len() as u64;
                         lock(&pool).push(buf);
                         drop(permit);
                         let event = match result {
-                            Ok(()) => SessionEvent::Resolved,
+                            Ok(()) => SessionEvent::Resolved(buf_len),
                             Err(e) => SessionEvent::Closed(Err(e)),
                         };
                         let _ = events.blocking_send(event);
@@ -908,7 +1000,7 @@ impl Transfer {
                         // The peer no longer offers it (cancelled or gone).
                         self.bump();
                     }
-                    let _ = events.send(SessionEvent::Resolved).await;
+                    let _ = events.send(SessionEvent::Resolved(0)).await;
                 }
                 wire::ERROR => {
                     let p = wire::read_control(&mut rd, len).await?;
@@ -1000,7 +1092,8 @@ impl Transfer {
         Ok(())
     }
 
-    /// Reads this node's origin chunks, a few at a time.
+    /// Reads this node's origin chunks, a few at a time, then helps the
+    /// fetchers that lag.
     async fn run_origin(self: Arc<Self>) {
         let limit = Arc::new(tokio::sync::Semaphore::new(
             self.cfg.origin_chunk_concurrency.max(1),
@@ -1010,7 +1103,8 @@ impl Transfer {
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 return;
             };
-            let pick = lock(&self.board).pick_origin();
+            let own = lock(&self.board).pick_origin();
+            let pick = own.or_else(|| self.pick_help());
             match pick {
                 Some(i) => {
                     let this = self.clone();
@@ -1031,6 +1125,17 @@ impl Transfer {
                 }
             }
         }
+    }
+
+    /// A lagging fetcher's chunk to read for it, if this node is a fetcher
+    /// (only their attestations count).
+    fn pick_help(&self) -> Option<u32> {
+        let (others, rank, helpers) = {
+            let plan = lock(&self.plan);
+            let (others, rank) = plan.fetchers.others(&self.identity.public_key());
+            (others, rank?, plan.fetchers.len())
+        };
+        lock(&self.board).pick_help(&others, rank as u32, helpers as u32)
     }
 
     async fn fetch_origin_chunk(self: &Arc<Self>, index: u32) {

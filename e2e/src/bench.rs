@@ -68,6 +68,8 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long to keep polling for the Dataset's Ready condition after every
 /// agent is Ready (status writes are rate-limited to about 1/s).
 const STATUS_GRACE: Duration = Duration::from_secs(30);
+/// How often the seed's progress is printed to stderr.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 /// `/proc/<pid>/stat` counts CPU time in USER_HZ, which Linux fixes at 100
@@ -127,6 +129,11 @@ pub struct RunArgs {
     /// Print one JSON object as the last line of stdout.
     #[arg(long, env = "BENCH_JSON")]
     pub json: bool,
+    /// With every progress line on stderr, print each node's share
+    /// verified, its download rates from the origin and from peers, and its
+    /// upload rate to peers.
+    #[arg(long, env = "BENCH_PER_NODE")]
+    pub per_node: bool,
 }
 
 impl RunArgs {
@@ -396,7 +403,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<BenchReport> {
     let before = Snapshot::take(&pids);
     let start = Instant::now();
     c.kubectl_stdin(&["apply", "-f", "-"], &manifest).await?;
-    let seed = watch_seed(&c, &mut probes, &pids, start, args.timeout).await?;
+    let seed = watch_seed(&c, &mut probes, &pids, start, &args).await?;
     let after = seed.snapshot_at_ready.clone();
     let agent_max_rss_bytes = pids
         .iter()
@@ -578,15 +585,17 @@ async fn watch_seed(
     probes: &mut AgentProbes,
     agent_pids: &[u32],
     start: Instant,
-    timeout: Duration,
+    args: &RunArgs,
 ) -> anyhow::Result<SeedOutcome> {
+    let timeout = args.timeout;
     let n = c.cluster.nodes().len();
     let mut node_ready: Vec<Option<Duration>> = vec![None; n];
     let mut status_ready_at = None;
     let mut first_byte = None;
     let mut done: Option<(Duration, Snapshot)> = None;
     let mut degraded_seen = String::new();
-    let mut last_report = Duration::ZERO;
+    let mut last_report = (Duration::ZERO, 0u64, 0u64);
+    let mut node_before = vec![(0u64, 0u64, 0u64); n];
     loop {
         let tick = Instant::now();
         let progress = probes.progress(NAMESPACE, NAME).await;
@@ -649,16 +658,53 @@ async fn watch_seed(
                 c.operator_log("operator-0")
             );
         }
-        if now.saturating_sub(last_report) >= Duration::from_secs(5) {
-            last_report = now;
+        if now.saturating_sub(last_report.0) >= REPORT_EVERY {
             let verified: u64 = progress.iter().flatten().map(|p| p.bytes_verified).sum();
             let total: u64 = progress.iter().flatten().map(|p| p.bytes_total).sum();
+            let share =
+                |p: &pb::DatasetProgress| p.bytes_verified as f64 / p.bytes_total.max(1) as f64;
+            let shares = progress.iter().flatten().map(share);
+            let (lo, hi) = shares.fold((1.0f64, 0.0f64), |(lo, hi), s| (lo.min(s), hi.max(s)));
+            let from_origin: u64 = progress.iter().flatten().map(|p| p.bytes_from_origin).sum();
+            let from_peers: u64 = progress.iter().flatten().map(|p| p.bytes_from_peers).sum();
+            let dt = now.saturating_sub(last_report.0).as_secs_f64().max(1e-3);
+            let rate = |now: u64, then: u64| now.saturating_sub(then) as f64 / dt / MIB as f64;
             eprintln!(
-                "bench: t={:>6.1}s  ready {}/{n}  verified {:.1} %",
+                "bench: t={:>6.1}s  ready {}/{n}  verified {:.1} % (nodes {:.1}–{:.1} %)  origin {:.1} MiB/s ({:.4} F so far)  peers {:.1} MiB/s",
                 now.as_secs_f64(),
                 node_ready.iter().flatten().count(),
-                100.0 * verified as f64 / total.max(1) as f64
+                100.0 * verified as f64 / total.max(1) as f64,
+                100.0 * lo,
+                100.0 * hi,
+                rate(from_origin, last_report.1),
+                from_origin as f64 * n as f64 / total.max(1) as f64,
+                rate(from_peers, last_report.2),
             );
+            if args.per_node {
+                let nodes: Vec<String> = progress
+                    .iter()
+                    .zip(&mut node_before)
+                    .map(|(p, before)| match p {
+                        Some(p) => {
+                            let origin = rate(p.bytes_from_origin, before.0);
+                            let peers = rate(p.bytes_from_peers, before.1);
+                            let up = rate(p.bytes_served_to_peers, before.2);
+                            *before = (
+                                p.bytes_from_origin,
+                                p.bytes_from_peers,
+                                p.bytes_served_to_peers,
+                            );
+                            format!("{:.1}%/{origin:.0}/{peers:.0}/{up:.0}", 100.0 * share(p))
+                        }
+                        None => "-".into(),
+                    })
+                    .collect();
+                eprintln!(
+                    "bench:   per node (verified/origin/peers/up MiB/s): {}",
+                    nodes.join(" ")
+                );
+            }
+            last_report = (now, from_origin, from_peers);
         }
         tokio::time::sleep(POLL.saturating_sub(tick.elapsed())).await;
     }
@@ -1557,6 +1603,7 @@ mod tests {
             max_fetchers: None,
             timeout: Duration::from_secs(60),
             json: true,
+            per_node: true,
         };
         assert_eq!(
             args.command(),
