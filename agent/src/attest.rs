@@ -4,8 +4,8 @@
 //! It signs `(revision, chunk index, digest)` with its Ed25519 key; the
 //! attestation travels with the chunk's availability through the swarm. A
 //! receiver accepts a digest only when it is signed by an agent the plan
-//! names as an origin fetcher for that chunk (the plan comes from the
-//! operator over the authenticated control channel). So a peer can serve
+//! names as an origin fetcher (the plan comes from the operator over the
+//! authenticated control channel). So a peer can serve
 //! bytes, but it can never make another node accept bytes the origin side
 //! did not vouch for: a corrupted chunk fails verification and its sender is
 //! dropped.

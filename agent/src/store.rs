@@ -198,6 +198,7 @@ const USAGE_MAX_AGE: Duration = Duration::from_secs(10);
 
 /// The store's size, measured off the caller's thread when stale.
 struct UsageCache {
+    root: PathBuf,
     max_age: Duration,
     bytes: AtomicU64,
     /// When the last measurement finished, and whether one is running.
@@ -207,6 +208,7 @@ struct UsageCache {
 impl UsageCache {
     fn measure(root: &Path, max_age: Duration) -> Self {
         Self {
+            root: root.to_owned(),
             max_age,
             bytes: AtomicU64::new(tree_bytes(root)),
             state: Mutex::new((Instant::now(), false)),
@@ -215,7 +217,7 @@ impl UsageCache {
 
     /// The last measurement; starts a new one in the background when it
     /// is older than `max_age`.
-    fn get(self: &Arc<Self>, root: &Path) -> u64 {
+    fn get(self: &Arc<Self>) -> u64 {
         let start = {
             let mut state = lock(&self.state);
             let (measured, running) = *state;
@@ -225,11 +227,10 @@ impl UsageCache {
         };
         if start {
             let this = self.clone();
-            let root = root.to_owned();
             let spawned = std::thread::Builder::new()
                 .name("disk-usage".into())
                 .spawn(move || {
-                    this.bytes.store(tree_bytes(&root), Ordering::Relaxed);
+                    this.bytes.store(tree_bytes(&this.root), Ordering::Relaxed);
                     *lock(&this.state) = (Instant::now(), false);
                 });
             if spawned.is_err() {
@@ -497,7 +498,7 @@ impl NodeStore {
     /// The store's size (measured at most [`USAGE_MAX_AGE`] ago) and its
     /// filesystem's free and total bytes (now).
     pub fn disk_usage(&self) -> pb::DiskUsage {
-        let store_bytes = self.usage.get(&self.root);
+        let store_bytes = self.usage.get();
         let (free, total) = nix::sys::statvfs::statvfs(&self.root)
             .map(|s| {
                 let f = s.fragment_size();
@@ -1060,16 +1061,16 @@ mod tests {
         std::fs::write(dir.path().join("a"), vec![1u8; 64 << 10]).unwrap();
 
         let fresh = Arc::new(UsageCache::measure(dir.path(), Duration::from_secs(3600)));
-        let first = fresh.get(dir.path());
+        let first = fresh.get();
         assert!(first >= 64 << 10, "measured at creation: {first}");
         std::fs::write(dir.path().join("b"), vec![2u8; 1 << 20]).unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(fresh.get(dir.path()), first, "not stale yet: no new walk");
+        assert_eq!(fresh.get(), first, "not stale yet: no new walk");
 
         let stale = Arc::new(UsageCache::measure(dir.path(), Duration::ZERO));
         std::fs::write(dir.path().join("c"), vec![3u8; 1 << 20]).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while stale.get(dir.path()) < (2 << 20) + (64 << 10) {
+        while stale.get() < (2 << 20) + (64 << 10) {
             assert!(Instant::now() < deadline, "the new file was never counted");
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -3,14 +3,14 @@
 //! A [`Transfer`] owns the revision's files and its [`Board`]. It runs:
 //! - one [`peer session`](Transfer::run_peer) per peer in the plan, pulling
 //!   chunks over the peer protocol, several requests in flight;
-//! - an origin worker that reads this node's own origin ranges (and, as a
-//!   last resort, chunks whose fetchers have been unreachable for the
-//!   fallback delay);
+//! - an origin worker that reads this node's own origin ranges, then helps
+//!   the fetchers that lag (and, as a last resort, reads chunks whose
+//!   fetchers have been unreachable for the fallback delay);
 //! - the completion step: content digest, pinned-digest check, flush and
 //!   atomic publication.
 //!
 //! Every chunk is hashed before it is written; a chunk from a peer must
-//! match a digest signed by the chunk's origin fetcher (see
+//! match a digest signed by one of the plan's origin fetchers (see
 //! [`crate::attest`]). A peer that sends a chunk that does not match is
 //! dropped for the rest of the transfer.
 
@@ -915,22 +915,30 @@ impl Transfer {
                     let payload = wire::read_control(&mut rd, len).await?;
                     let records = wire::decode_haves(&payload)?;
                     let fetchers = lock(&self.plan).fetchers.clone();
+                    let mut records = records;
+                    records.retain(|r| r.index < self.layout.chunk_count());
+                    // Every peer passes on the same attestation of a chunk:
+                    // check its signature once, not once per peer (an
+                    // ed25519 verification costs far more than the rest of
+                    // a HAVE), and outside the board's lock.
+                    let known: Vec<bool> = {
+                        let board = lock(&self.board);
+                        records
+                            .iter()
+                            .map(|r| board.attestation(r.index) == Some(*r))
+                            .collect()
+                    };
+                    let valid: Vec<ChunkRecord> = records
+                        .into_iter()
+                        .zip(known)
+                        .filter(|(r, known)| *known || fetchers.accepts(&rev, r))
+                        .map(|(r, _)| r)
+                        .collect();
                     let mut gained = false;
-                    for rec in records {
-                        if rec.index >= self.layout.chunk_count() {
-                            continue;
-                        }
-                        // Every peer passes on the same attestation of a
-                        // chunk: check its signature once, not once per
-                        // peer (an ed25519 verification costs far more
-                        // than the rest of a HAVE).
-                        let known = lock(&self.board).attestation(rec.index) == Some(rec);
-                        if !known && !fetchers.accepts(&rev, &rec) {
-                            continue;
-                        }
-                        // Lock order everywhere: peer_has, outstanding, board.
-                        let mut has = lock(peer_has);
-                        let mut board = lock(&self.board);
+                    // Lock order everywhere: peer_has, outstanding, board.
+                    let mut has = lock(peer_has);
+                    let mut board = lock(&self.board);
+                    for rec in valid {
                         if let Some(expected) = board.expected(rec.index)
                             && expected != rec.digest
                         {
@@ -944,6 +952,8 @@ impl Transfer {
                             gained = true;
                         }
                     }
+                    drop(board);
+                    drop(has);
                     if gained {
                         self.bump();
                     }
