@@ -137,27 +137,33 @@ impl FetcherTable {
             .is_ok()
     }
 
-    /// The ranges of every fetcher but `key`, and `key`'s position among
-    /// the fetchers (the same on every agent following this plan).
-    pub fn others(&self, key: &[u8; 32]) -> (Vec<(u32, u32)>, Option<usize>) {
-        let rank = self.fetchers.iter().position(|(_, k, _)| k == key);
-        let ranges = self
+    /// What the fetcher `key` needs to help the others (`None` if the plan
+    /// does not name it).
+    pub fn helper_view(&self, key: &[u8; 32]) -> Option<HelperView> {
+        let rank = self.fetchers.iter().position(|(_, k, _)| k == key)?;
+        let others = self
             .fetchers
             .iter()
             .filter(|(_, k, _)| k != key)
             .flat_map(|(_, _, r)| r.iter().copied())
             .collect();
-        (ranges, rank)
+        Some(HelperView {
+            rank: rank as u32,
+            fetchers: self.fetchers.len() as u32,
+            others,
+        })
     }
+}
 
+/// A fetcher's view of the others, for helping them.
+pub struct HelperView {
+    /// Its position among the fetchers (the same on every agent following
+    /// the plan).
+    pub rank: u32,
     /// How many fetchers the plan names.
-    pub fn len(&self) -> usize {
-        self.fetchers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.fetchers.is_empty()
-    }
+    pub fetchers: u32,
+    /// Every other fetcher's ranges.
+    pub others: Vec<(u32, u32)>,
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 //! [`crate::attest`]). A peer that sends a chunk that does not match is
 //! dropped for the rest of the transfer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -146,7 +146,7 @@ const RATE_WINDOW: Duration = Duration::from_secs(2);
 /// Chunk bytes one session received over the last [`RATE_WINDOW`].
 struct SessionRate {
     since: Instant,
-    arrivals: std::collections::VecDeque<(Instant, u64)>,
+    arrivals: VecDeque<(Instant, u64)>,
     bytes: u64,
 }
 
@@ -913,9 +913,8 @@ impl Transfer {
             match kind {
                 wire::HAVE => {
                     let payload = wire::read_control(&mut rd, len).await?;
-                    let records = wire::decode_haves(&payload)?;
+                    let mut records = wire::decode_haves(&payload)?;
                     let fetchers = lock(&self.plan).fetchers.clone();
-                    let mut records = records;
                     records.retain(|r| r.index < self.layout.chunk_count());
                     // Every peer passes on the same attestation of a chunk:
                     // check its signature once, not once per peer (an
@@ -1140,12 +1139,10 @@ impl Transfer {
     /// A lagging fetcher's chunk to read for it, if this node is a fetcher
     /// (only their attestations count).
     fn pick_help(&self) -> Option<u32> {
-        let (others, rank, helpers) = {
-            let plan = lock(&self.plan);
-            let (others, rank) = plan.fetchers.others(&self.identity.public_key());
-            (others, rank?, plan.fetchers.len())
-        };
-        lock(&self.board).pick_help(&others, rank as u32, helpers as u32)
+        let view = lock(&self.plan)
+            .fetchers
+            .helper_view(&self.identity.public_key())?;
+        lock(&self.board).pick_help(&view.others, view.rank, view.fetchers)
     }
 
     async fn fetch_origin_chunk(self: &Arc<Self>, index: u32) {

@@ -664,7 +664,11 @@ async fn watch_seed(
             let share =
                 |p: &pb::DatasetProgress| p.bytes_verified as f64 / p.bytes_total.max(1) as f64;
             let shares = progress.iter().flatten().map(share);
-            let (lo, hi) = shares.fold((1.0f64, 0.0f64), |(lo, hi), s| (lo.min(s), hi.max(s)));
+            let (lo, hi) = shares
+                .fold(None, |acc: Option<(f64, f64)>, s| {
+                    Some(acc.map_or((s, s), |(lo, hi)| (lo.min(s), hi.max(s))))
+                })
+                .unwrap_or_default();
             let from_origin: u64 = progress.iter().flatten().map(|p| p.bytes_from_origin).sum();
             let from_peers: u64 = progress.iter().flatten().map(|p| p.bytes_from_peers).sum();
             let dt = now.saturating_sub(last_report.0).as_secs_f64().max(1e-3);
