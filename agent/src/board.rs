@@ -311,12 +311,18 @@ impl Board {
     /// Fetchers read their ranges front to back, and on shared links some
     /// fall behind; the last one to finish holds up every node. A helper
     /// takes chunks nobody has vouched for yet from the back of the range
-    /// with the most of them left, and only a chunk with more than
-    /// [`HELP_MARGIN`] such chunks before it: the range's own fetcher works
-    /// there, and a chunk both read is origin egress spent twice. Helpers
+    /// with the most of them left, and only a chunk with more than `margin`
+    /// such chunks before it (see [`help_margin`]): the range's own fetcher
+    /// works there, and a chunk both read is origin egress spent twice. Helpers
     /// take every `helpers`-th chunk, starting at their `rank`, so no two
     /// helpers read the same chunk.
-    pub fn pick_help(&mut self, others: &[(u32, u32)], rank: u32, helpers: u32) -> Option<u32> {
+    pub fn pick_help(
+        &mut self,
+        others: &[(u32, u32)],
+        rank: u32,
+        helpers: u32,
+        margin: usize,
+    ) -> Option<u32> {
         let n = self.chunk_count();
         let helpers = helpers.max(1);
         let mut ranges: Vec<Vec<u32>> = others
@@ -332,12 +338,12 @@ impl Board {
                     })
                     .collect()
             })
-            .filter(|open: &Vec<u32>| open.len() > HELP_MARGIN)
+            .filter(|open: &Vec<u32>| open.len() > margin)
             .collect();
         ranges.sort_unstable_by_key(|open| std::cmp::Reverse(open.len()));
         // `open[k]` has k unvouched chunks before it in its range.
         let pick = ranges.iter().find_map(|open| {
-            open[HELP_MARGIN + 1..]
+            open[margin + 1..]
                 .iter()
                 .rev()
                 .copied()
@@ -349,8 +355,13 @@ impl Board {
 }
 
 /// Unvouched chunks at the front of a range that a helper leaves to the
-/// range's own fetcher (which reads up to four at a time).
-pub const HELP_MARGIN: usize = 8;
+/// range's own fetcher, for a helper that keeps `depth` origin reads in
+/// flight. Helpers cannot see the fetcher's reads in flight, but it reads
+/// the same origin about as fast as they do: about `depth` at once, and
+/// `depth` more before a helper's read arrives.
+pub fn help_margin(depth: usize) -> usize {
+    2 * depth + 1
+}
 
 #[cfg(test)]
 mod tests {
@@ -504,27 +515,36 @@ mod tests {
             b.learn(rec(i));
         }
         let others = [(20, 40), (40, 60)];
+        let margin = help_margin(4);
         // Helper 0 of 2 takes even chunks from the back of 40..60.
-        assert_eq!(b.pick_help(&others, 0, 2), Some(58));
-        assert_eq!(b.pick_help(&others, 0, 2), Some(56));
+        assert_eq!(b.pick_help(&others, 0, 2, margin), Some(58));
+        assert_eq!(b.pick_help(&others, 0, 2, margin), Some(56));
         // Helper 1 of 2 takes the odd ones.
-        assert_eq!(b.pick_help(&others, 1, 2), Some(59));
+        assert_eq!(b.pick_help(&others, 1, 2, margin), Some(59));
         // Chunks a peer holds or nobody must read again are skipped.
         b.peer_gained(54);
-        assert_eq!(b.pick_help(&others, 0, 2), Some(52));
+        assert_eq!(b.pick_help(&others, 0, 2, margin), Some(52));
     }
 
     #[test]
     fn helpers_leave_the_front_of_a_range_to_its_fetcher() {
-        let mut b = Board::new(20);
-        let others = [(0, 20)];
-        let margin = HELP_MARGIN as u32;
-        for i in 0..(20 - margin - 2) {
-            b.learn(rec(i));
+        for depth in [1, 4, 8] {
+            let mut b = Board::new(40);
+            let others = [(0, 40)];
+            let margin = help_margin(depth);
+            for i in 0..(40 - margin as u32 - 2) {
+                b.learn(rec(i));
+            }
+            // margin + 2 unvouched: the last has margin + 1 before it.
+            assert_eq!(b.pick_help(&others, 0, 1, margin), Some(39));
+            assert_eq!(b.pick_help(&others, 0, 1, margin), None);
         }
-        // HELP_MARGIN + 2 unvouched: the last has HELP_MARGIN + 1 before it.
-        assert_eq!(b.pick_help(&others, 0, 1), Some(19));
-        assert_eq!(b.pick_help(&others, 0, 1), None);
+    }
+
+    #[test]
+    fn the_faster_the_origin_the_more_a_helper_leaves_to_the_fetcher() {
+        assert_eq!(help_margin(1), 3);
+        assert!(help_margin(16) > 16 * 2);
     }
 
     #[test]

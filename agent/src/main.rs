@@ -69,6 +69,13 @@ struct Args {
     #[arg(long, env = "SWARMSEED_ORIGIN_RETRIES", default_value_t = 5)]
     origin_retries: u32,
 
+    /// Most chunks one dataset reads from the origin at a time (and at most
+    /// 64 MiB). The agent starts with one and keeps about a quarter second
+    /// of its measured origin rate in flight: more requests help only when
+    /// the origin's latency, not its bandwidth, is the limit.
+    #[arg(long, env = "SWARMSEED_ORIGIN_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    origin_concurrency: u16,
+
     /// Drop a peer connection that delivers nothing for this long while
     /// requests are outstanding.
     #[arg(long, env = "SWARMSEED_PEER_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -131,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         node_name: args.node_name.clone(),
         fallback_after: args.fallback_after,
         stall_timeout: args.peer_stall_timeout,
+        origin_chunk_concurrency: args.origin_concurrency.into(),
         origin: OriginOptions {
             request_timeout: args.origin_timeout,
             max_retries: args.origin_retries,

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::attest::{FetcherTable, Identity};
-use crate::board::{Board, ChunkSet, ScanOrder};
+use crate::board::{Board, ChunkSet, ScanOrder, help_margin};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::origin::{OriginClient, OriginError, OriginOptions};
 use crate::store::{ChunkRecord, DatasetKey, NodeStore, RevisionFiles};
@@ -46,7 +46,8 @@ pub struct TransferConfig {
     /// A peer connection with requests outstanding and no bytes arriving
     /// for this long is dropped.
     pub stall_timeout: Duration,
-    /// Chunks read from the origin at once by one transfer.
+    /// Most chunks one transfer reads from the origin at once (it keeps
+    /// fewer while the origin is slow: see `RecentRate::origin_depth`).
     pub origin_chunk_concurrency: usize,
     pub origin: OriginOptions,
 }
@@ -58,7 +59,7 @@ impl Default for TransferConfig {
             fallback_after: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(30),
-            origin_chunk_concurrency: 4,
+            origin_chunk_concurrency: 16,
             origin: OriginOptions::default(),
         }
     }
@@ -143,14 +144,15 @@ const QUEUE_TIME: Duration = Duration::from_millis(250);
 /// The window over which a session's receive rate is measured.
 const RATE_WINDOW: Duration = Duration::from_secs(2);
 
-/// Chunk bytes one session received over the last [`RATE_WINDOW`].
-struct SessionRate {
+/// Chunk bytes received over the last [`RATE_WINDOW`], by one peer session
+/// or by the origin reader.
+struct RecentRate {
     since: Instant,
     arrivals: VecDeque<(Instant, u64)>,
     bytes: u64,
 }
 
-impl SessionRate {
+impl RecentRate {
     fn new(now: Instant) -> Self {
         Self {
             since: now,
@@ -164,9 +166,10 @@ impl SessionRate {
         self.bytes += bytes;
     }
 
-    /// Requests to keep in flight: `max` until the session has been up for
-    /// a whole window, then one plus [`QUEUE_TIME`] of the measured rate.
-    fn depth(&mut self, now: Instant, max: usize, chunk_size: u64) -> usize {
+    /// Bytes per second over the last window, or over the time since
+    /// [`RecentRate::new`] while that is shorter; whether a whole window
+    /// has passed.
+    fn per_sec(&mut self, now: Instant) -> (f64, bool) {
         while let Some(&(t, b)) = self.arrivals.front() {
             if now.duration_since(t) <= RATE_WINDOW {
                 break;
@@ -174,12 +177,37 @@ impl SessionRate {
             self.arrivals.pop_front();
             self.bytes -= b;
         }
-        if now.duration_since(self.since) < RATE_WINDOW {
+        let up = now.duration_since(self.since);
+        let span = up.clamp(Duration::from_millis(10), RATE_WINDOW);
+        (self.bytes as f64 / span.as_secs_f64(), up >= RATE_WINDOW)
+    }
+
+    /// Chunks of [`QUEUE_TIME`] at the measured rate.
+    fn queued(per_sec: f64, chunk_size: u64) -> f64 {
+        per_sec * QUEUE_TIME.as_secs_f64() / chunk_size.max(1) as f64
+    }
+
+    /// Requests a peer session keeps in flight: `max` until it has been up
+    /// for a whole window, then one plus [`QUEUE_TIME`] of the measured
+    /// rate.
+    fn session_depth(&mut self, now: Instant, max: usize, chunk_size: u64) -> usize {
+        let (per_sec, whole) = self.per_sec(now);
+        if !whole {
             return max;
         }
-        let per_sec = self.bytes as f64 / RATE_WINDOW.as_secs_f64();
-        let queued = per_sec * QUEUE_TIME.as_secs_f64() / chunk_size.max(1) as f64;
-        (1 + queued.ceil() as usize).clamp(MIN_DEPTH.min(max), max)
+        (1 + Self::queued(per_sec, chunk_size).ceil() as usize).clamp(MIN_DEPTH.min(max), max)
+    }
+
+    /// Chunks the origin reader keeps in flight: [`QUEUE_TIME`] of its
+    /// measured rate, at least one. It starts at one and grows only while
+    /// the origin delivers faster than one chunk per [`QUEUE_TIME`]: when
+    /// the origin link is the limit, several requests at once only make
+    /// every chunk arrive later, and a chunk can be passed on to peers only
+    /// once all of it has arrived; when the origin's latency is the limit
+    /// (a cloud object store), more requests in flight raise the rate.
+    fn origin_depth(&mut self, now: Instant, max: usize, chunk_size: u64) -> usize {
+        let (per_sec, _) = self.per_sec(now);
+        (Self::queued(per_sec, chunk_size).ceil() as usize).clamp(1, max.max(1))
     }
 }
 
@@ -800,7 +828,7 @@ impl Transfer {
 
     /// Most requests in flight to one peer: about 8 MiB, enough to fill a
     /// fast link. A session keeps fewer when its peer serves it slowly
-    /// (see [`SessionRate`]).
+    /// (see [`RecentRate::session_depth`]).
     fn depth(&self) -> usize {
         ((8 << 20) / self.layout.chunk_size()).clamp(MIN_DEPTH as u64, 16) as usize
     }
@@ -816,10 +844,10 @@ impl Transfer {
         let mut version = self.board_version.subscribe();
         let order = ScanOrder::random(self.layout.chunk_count());
         let max_depth = self.depth();
-        let mut rate = SessionRate::new(Instant::now());
+        let mut rate = RecentRate::new(Instant::now());
         let mut last_progress = Instant::now();
         loop {
-            let depth = rate.depth(Instant::now(), max_depth, self.layout.chunk_size());
+            let depth = rate.session_depth(Instant::now(), max_depth, self.layout.chunk_size());
             // Fill the pipeline.
             let mut requests = Vec::new();
             // With other peers to relay from, keep few requests here for
@@ -1104,53 +1132,60 @@ impl Transfer {
     /// Reads this node's origin chunks, a few at a time, then helps the
     /// fetchers that lag.
     async fn run_origin(self: Arc<Self>) {
-        let limit = Arc::new(tokio::sync::Semaphore::new(
-            self.cfg.origin_chunk_concurrency.max(1),
-        ));
+        // At most `origin_chunk_concurrency` requests, and about 64 MiB.
+        let chunk_size = self.layout.chunk_size();
+        let max = ((64 << 20) / chunk_size)
+            .clamp(1, self.cfg.origin_chunk_concurrency.max(1) as u64) as usize;
+        let (done_tx, mut done) = mpsc::unbounded_channel::<u64>();
+        let mut rate = RecentRate::new(Instant::now());
+        let mut in_flight = 0usize;
         let mut version = self.board_version.subscribe();
         loop {
-            let Ok(permit) = limit.clone().acquire_owned().await else {
+            let depth = rate.origin_depth(Instant::now(), max, chunk_size);
+            while in_flight < depth {
+                let own = lock(&self.board).pick_origin();
+                let Some(i) = own.or_else(|| self.pick_help(depth)) else {
+                    break;
+                };
+                in_flight += 1;
+                let this = self.clone();
+                let done_tx = done_tx.clone();
+                tokio::spawn(async move {
+                    let _ = done_tx.send(this.fetch_origin_chunk(i).await);
+                });
+            }
+            if in_flight == 0 && lock(&self.board).is_complete() {
                 return;
-            };
-            let own = lock(&self.board).pick_origin();
-            let pick = own.or_else(|| self.pick_help());
-            match pick {
-                Some(i) => {
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        this.fetch_origin_chunk(i).await;
-                        drop(permit);
-                    });
+            }
+            tokio::select! {
+                Some(bytes) = done.recv() => {
+                    in_flight -= 1;
+                    rate.record(Instant::now(), bytes);
                 }
-                None => {
-                    drop(permit);
-                    if lock(&self.board).is_complete() {
-                        return;
-                    }
-                    tokio::select! {
-                        r = version.changed() => if r.is_err() { return },
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {},
-                    }
-                }
+                r = version.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {},
             }
         }
     }
 
     /// A lagging fetcher's chunk to read for it, if this node is a fetcher
-    /// (only their attestations count).
-    fn pick_help(&self) -> Option<u32> {
+    /// (only their attestations count), for a node with `depth` origin
+    /// reads in flight.
+    fn pick_help(&self, depth: usize) -> Option<u32> {
         let view = lock(&self.plan)
             .fetchers
             .helper_view(&self.identity.public_key())?;
-        lock(&self.board).pick_help(&view.others, view.rank, view.fetchers)
+        lock(&self.board).pick_help(&view.others, view.rank, view.fetchers, help_margin(depth))
     }
 
-    async fn fetch_origin_chunk(self: &Arc<Self>, index: u32) {
+    /// Reads, verifies and writes one chunk from the origin; the bytes it
+    /// got (0 on failure).
+    async fn fetch_origin_chunk(self: &Arc<Self>, index: u32) -> u64 {
         let origin = lock(&self.plan).origin.clone();
         let Some(origin) = origin else {
             lock(&self.board).release(index);
             self.fail("InvalidAssignment", "the assignment names no origin".into());
-            return;
+            return 0;
         };
         let result = async {
             let segments = self.layout.segments(index).to_vec();
@@ -1171,6 +1206,7 @@ impl Transfer {
                 // Hash and write off the async workers, as for peer chunks:
                 // a write can block for long while the kernel throttles
                 // dirty pages, and the control API must still answer.
+                let len = data.len() as u64;
                 let this = self.clone();
                 let written = tokio::task::spawn_blocking(move || {
                     let digest = ChunkDigest::of(&data);
@@ -1185,7 +1221,9 @@ impl Transfer {
                 if let Err(e) = written {
                     lock(&self.board).release(index);
                     self.fail("StorageError", e.to_string());
+                    return 0;
                 }
+                len
             }
             Err(e) => {
                 lock(&self.board).release(index);
@@ -1200,6 +1238,7 @@ impl Transfer {
                 } else {
                     self.fail(e.reason(), e.to_string());
                 }
+                0
             }
         }
     }
@@ -1278,4 +1317,45 @@ impl<F: FnMut()> Drop for ScopeGuard<F> {
 
 fn scopeguard<F: FnMut()>(f: F) -> ScopeGuard<F> {
     ScopeGuard(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_origin_reader_starts_with_one_chunk_and_follows_its_rate() {
+        let t0 = Instant::now();
+        let mut rate = RecentRate::new(t0);
+        assert_eq!(rate.origin_depth(t0, 16, MIB), 1);
+        // A link shared by many: a chunk per 1.3 s is far less than a chunk
+        // per QUEUE_TIME, so one read at a time.
+        let t = t0 + Duration::from_millis(1300);
+        rate.record(t, MIB);
+        assert_eq!(rate.origin_depth(t, 16, MIB), 1);
+        // A latency-bound origin: a chunk per 50 ms is five per QUEUE_TIME.
+        let mut rate = RecentRate::new(t0);
+        let t = t0 + Duration::from_millis(50);
+        rate.record(t, MIB);
+        assert_eq!(rate.origin_depth(t, 16, MIB), 5);
+        // ... and at most `max`.
+        assert_eq!(rate.origin_depth(t, 3, MIB), 3);
+        // What left the window no longer counts.
+        assert_eq!(rate.origin_depth(t + RATE_WINDOW * 2, 16, MIB), 1);
+    }
+
+    #[test]
+    fn a_session_keeps_its_maximum_until_it_has_measured_a_whole_window() {
+        let t0 = Instant::now();
+        let mut rate = RecentRate::new(t0);
+        assert_eq!(rate.session_depth(t0, 8, MIB), 8);
+        let t = t0 + RATE_WINDOW;
+        // 4 MiB over 2 s: 2 MiB/s, half a chunk per QUEUE_TIME: 1 + 1.
+        rate.record(t, 4 * MIB);
+        assert_eq!(rate.session_depth(t, 8, MIB), 2);
+        // Idle: never fewer than MIN_DEPTH.
+        assert_eq!(rate.session_depth(t + RATE_WINDOW * 2, 8, MIB), MIN_DEPTH);
+    }
 }
