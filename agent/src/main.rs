@@ -16,7 +16,7 @@ use swarmseed_agent::store::NodeStore;
 use swarmseed_agent::transfer::TransferConfig;
 use swarmseed_proto::pb::agent_control_server::AgentControlServer;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Node agent of swarmseed: holds datasets on this node's disk, pulling
 /// verified chunks from peer agents over TCP and from the origin only as a
@@ -81,6 +81,19 @@ struct Args {
     #[arg(long, env = "SWARMSEED_PEER_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     peer_stall_timeout: Duration,
 
+    /// TCP congestion control of the connections this agent sends chunks
+    /// on (see /proc/sys/net/ipv4/tcp_available_congestion_control); empty:
+    /// the node's default. Many peer streams cross every link at once, next
+    /// to the origin read that bounds how fast a dataset can spread; a
+    /// loss-based algorithm shares those links evenly, where many BBR
+    /// streams crowd the origin read out.
+    #[arg(
+        long,
+        env = "SWARMSEED_PEER_CONGESTION_CONTROL",
+        default_value = "cubic"
+    )]
+    peer_congestion_control: String,
+
     /// Log format.
     #[arg(long, env = "SWARMSEED_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -129,6 +142,17 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the peer server to {}", args.peer_listen))?;
     let peer_port = peer_listener.local_addr()?.port();
+    let cc = &args.peer_congestion_control;
+    if !cc.is_empty()
+        && let Err(e) = swarmseed_agent::wire::set_congestion_control(&peer_listener, cc)
+    {
+        warn!(
+            error = %e,
+            congestion_control = %cc,
+            "peer connections keep the node's default congestion control \
+             (see /proc/sys/net/ipv4/tcp_available_congestion_control)"
+        );
+    }
     let advertise = args
         .advertise_address
         .clone()

@@ -138,6 +138,52 @@ pub async fn read_body(rd: &mut BufReader<OwnedReadHalf>, buf: &mut [u8]) -> io:
     result
 }
 
+/// `setsockopt(TCP_CONGESTION)`. On a listening socket it applies to every
+/// connection accepted from it.
+pub fn set_congestion_control(sock: &impl AsRawFd, name: &str) -> io::Result<()> {
+    // SAFETY: a plain system call on a socket that `sock` keeps open for
+    // the duration of the call; `name` outlives it and its length is passed.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `getsockopt(TCP_CONGESTION)`.
+pub fn congestion_control(sock: &impl AsRawFd) -> io::Result<String> {
+    let mut name = [0u8; 32];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: as above; the kernel writes at most `len` bytes into `name`
+    // and stores the length it wrote in `len`.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_mut_ptr().cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let name = &name[..(len as usize).min(name.len())];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
 /// `setsockopt(SO_RCVLOWAT)`. On TCP, Linux wakes a reader (and reports
 /// EPOLLIN) once this many bytes are queued, or earlier when the receive
 /// window is nearly closed, so a mark never stalls a stream.
@@ -252,6 +298,20 @@ pub fn parse_u32(p: &[u8]) -> io::Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn connections_accepted_from_a_listener_take_its_congestion_control() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let default = congestion_control(&listener).unwrap();
+        // Reno is built into every Linux kernel and always allowed.
+        set_congestion_control(&listener, "reno").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, client) = tokio::join!(listener.accept(), client);
+        assert_eq!(congestion_control(&accepted.unwrap().0).unwrap(), "reno");
+        assert_eq!(congestion_control(&client.unwrap()).unwrap(), default);
+        let e = set_congestion_control(&listener, "no-such-algorithm").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+    }
 
     #[test]
     fn hello_round_trips() {
