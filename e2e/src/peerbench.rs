@@ -10,9 +10,14 @@
 //!    (blake3 verification on, written into staging), then flushes and
 //!    publishes. The transfer and the flush are timed separately.
 //! 4. Peak RSS of both agents (VmHWM).
+//!
+//! Before 3 it times a bare receiver in the same way: the least any
+//! receiver that verifies and stores must do, without the agent's protocol,
+//! runtime or bookkeeping (see [`bare_receiver`]).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -68,6 +73,9 @@ pub struct PeerBenchReport {
     pub raw_tcp_bytes_per_s: f64,
     /// Writing a new file of the dataset's size (no fsync), same run.
     pub page_cache_write_bytes_per_s: f64,
+    /// The bare receiver: `sendfile` → one loopback stream → blake3 per
+    /// chunk → a new file, no protocol, same run.
+    pub bare_receiver_bytes_per_s: f64,
     pub peer_transfer_bytes_per_s: f64,
     pub ratio: f64,
     pub transfer_s: f64,
@@ -171,10 +179,15 @@ pub async fn run(args: PeerBenchArgs) -> anyhow::Result<PeerBenchReport> {
     // the same size: the rate at which this machine takes fresh page-cache
     // pages, an upper bound for any transfer into staging. (On a VM whose
     // host backs guest memory lazily, first-touch pages are several times
-    // slower than reused ones; both legs below run on reused pages.)
+    // slower than reused ones; the legs below run on reused pages.)
     evict(&src.join("weights.bin"))?;
     eprintln!("page-cache write probe ...");
     let page_cache = page_cache_write(&work.join("probe.bin"), args.size)?;
+    // From the seeder's published copy (in the page cache), into pages
+    // given back just before, as the leecher's leg below.
+    eprintln!("bare receiver ...");
+    let published = work.join("seeder/datasets/bench/weights/weights.bin");
+    let bare = bare_receiver(&published, chunk_size, &work.join("bare.bin"))?;
 
     eprintln!("leecher pulling from the seeder ...");
     let started = Instant::now();
@@ -213,6 +226,7 @@ pub async fn run(args: PeerBenchArgs) -> anyhow::Result<PeerBenchReport> {
         chunk_size,
         raw_tcp_bytes_per_s: raw,
         page_cache_write_bytes_per_s: page_cache,
+        bare_receiver_bytes_per_s: bare,
         peer_transfer_bytes_per_s: args.size as f64 / transfer.as_secs_f64(),
         ratio: args.size as f64 / transfer.as_secs_f64() / raw,
         transfer_s: transfer.as_secs_f64(),
@@ -256,6 +270,55 @@ fn raw_tcp(bytes: u64) -> anyhow::Result<f64> {
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;
     Ok(got as f64 / secs)
+}
+
+/// The least any receiver that verifies and stores must do, on this
+/// machine: `path` (in the page cache) sent with `sendfile` over one
+/// loopback stream, as a seeding agent sends; received in 256 KiB reads,
+/// hashed with blake3 per chunk and written into the new file `into` (no
+/// fsync) on one thread, with no protocol, no async runtime and no
+/// bookkeeping. Receiver-side bytes per second; `into` is removed after.
+fn bare_receiver(path: &Path, chunk_size: u64, into: &Path) -> anyhow::Result<f64> {
+    let file = std::fs::File::open(path)?;
+    let bytes = file.metadata()?.len();
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let s = TcpStream::connect(addr)?;
+        let mut offset: nix::libc::off_t = 0;
+        while (offset as u64) < bytes {
+            let count = (bytes - offset as u64).min(1 << 20) as usize;
+            if nix::sys::sendfile::sendfile(&s, &file, Some(&mut offset), count)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(())
+    });
+    let (mut r, _) = listener.accept()?;
+    let out = std::fs::File::create(into)?;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut hasher = blake3::Hasher::new();
+    let started = Instant::now();
+    let mut got = 0u64;
+    while got < bytes {
+        let to_chunk_end = chunk_size - got % chunk_size;
+        let n = (buf.len() as u64).min(to_chunk_end).min(bytes - got) as usize;
+        r.read_exact(&mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        out.write_all_at(&buf[..n], got)?;
+        got += n as u64;
+        if got.is_multiple_of(chunk_size) || got == bytes {
+            std::hint::black_box(hasher.finalize());
+            hasher.reset();
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    drop(out);
+    std::fs::remove_file(into)?;
+    Ok(bytes as f64 / secs)
 }
 
 /// Writes `path` back and drops its pages from the page cache.
@@ -451,6 +514,15 @@ pub fn print(report: &PeerBenchReport, json: bool) -> anyhow::Result<()> {
         mib(report.peer_transfer_bytes_per_s),
         report.ratio * 100.0,
         report.transfer_s
+    );
+    println!(
+        "bare receiver          {:.0} MiB/s  ({:.1} % of raw TCP; sendfile → blake3 → new file, no protocol)",
+        mib(report.bare_receiver_bytes_per_s),
+        report.bare_receiver_bytes_per_s / report.raw_tcp_bytes_per_s * 100.0
+    );
+    println!(
+        "agent / bare receiver  {:.1} %",
+        report.peer_transfer_bytes_per_s / report.bare_receiver_bytes_per_s * 100.0
     );
     println!("final flush to disk    {:.2} s", report.flush_s);
     println!(
