@@ -1157,12 +1157,14 @@ impl Transfer {
             if in_flight == 0 && lock(&self.board).is_complete() {
                 return;
             }
+            // At full depth only a finished read can start another: board
+            // changes need not wake this loop.
             tokio::select! {
                 Some(bytes) = done.recv() => {
                     in_flight -= 1;
                     rate.record(Instant::now(), bytes);
                 }
-                r = version.changed() => if r.is_err() { return },
+                r = version.changed(), if in_flight < depth => if r.is_err() { return },
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {},
             }
         }
