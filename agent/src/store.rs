@@ -194,7 +194,7 @@ pub struct NodeStore {
 /// operator asks every agent every few seconds) that would cost more CPU
 /// than the transfers themselves once datasets hold tens of thousands of
 /// files.
-const USAGE_MAX_AGE: Duration = Duration::from_secs(10);
+const USAGE_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// The store's size, measured off the caller's thread when stale.
 struct UsageCache {
@@ -364,7 +364,7 @@ impl NodeStore {
         };
         if !published {
             self.check_space(&layout, previous)?;
-            files.create_files(previous)?;
+            files.prepare_files(previous)?;
         }
         Ok(files)
     }
@@ -413,6 +413,8 @@ impl NodeStore {
             fsync_dir(&parent)?;
             *lock(&files.published) = true;
         }
+        // Also after a restart between the move and this.
+        files.seal_top()?;
 
         let link = self.dataset_path(key);
         let link_parent = link.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -517,6 +519,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How [`RevisionFiles::open_file`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    /// Writable, created if missing.
+    Create,
+}
+
 /// Open file handles of a revision, bounded: datasets may have millions of
 /// small files.
 #[derive(Default)]
@@ -581,7 +591,12 @@ impl RevisionFiles {
         (same && lock(&self.linked)[i]).then_some(i as u32)
     }
 
-    fn create_files(&self, previous: Option<&RevisionFiles>) -> Result<(), StoreError> {
+    /// Creates the revision's directories and hard-links the files that
+    /// did not change since `previous`. Other files are created by their
+    /// first write ([`Self::file`]), so that a dataset of many small files
+    /// starts moving bytes at once rather than after laying out every
+    /// file, and [`Self::seal`] creates the empty ones.
+    fn prepare_files(&self, previous: Option<&RevisionFiles>) -> Result<(), StoreError> {
         let mut linked = lock(&self.linked);
         let mut dirs = HashSet::new();
         for (i, f) in self.layout.files().iter().enumerate() {
@@ -602,11 +617,6 @@ impl RevisionFiles {
                         tracing::debug!(path = %f.path, error = %e, "hard link failed; transferring");
                     }
                 }
-            }
-            let file = self.open_file(&f.path, true)?;
-            let len = file.metadata().map_err(io_err(&f.path))?.len();
-            if len != f.size {
-                file.set_len(f.size).map_err(io_err(&f.path))?;
             }
         }
         Ok(())
@@ -663,16 +673,13 @@ impl RevisionFiles {
         }
     }
 
-    fn open_file(&self, path: &str, create: bool) -> Result<File, StoreError> {
+    fn open_file(&self, path: &str, access: Access) -> Result<File, StoreError> {
         let mut flags = OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
-        flags |= if *lock(&self.published) {
-            OFlag::O_RDONLY
-        } else {
-            OFlag::O_RDWR
+        flags |= match access {
+            Access::Read => OFlag::O_RDONLY,
+            Access::Create => OFlag::O_RDWR | OFlag::O_CREAT,
         };
-        if create {
-            flags |= OFlag::O_CREAT;
-        }
+        let create = access == Access::Create;
         // openat2 refuses a mode without O_CREAT.
         let mut how = OpenHow::new()
             .flags(flags)
@@ -684,13 +691,23 @@ impl RevisionFiles {
         Ok(File::from(fd))
     }
 
-    /// An open handle on file `index` of the layout (cached).
+    /// An open handle on file `index` of the layout (cached): read-only
+    /// once the file is complete (published, or linked from the previous
+    /// revision: read-only on disk, and the agent's root has no
+    /// `CAP_DAC_OVERRIDE`); otherwise writable, and created if it does not
+    /// exist yet.
     pub fn file(&self, index: u32) -> Result<Arc<File>, StoreError> {
         if let Some(f) = lock(&self.handles).map.get(&index) {
             return Ok(f.clone());
         }
         let path = &self.layout.files()[index as usize].path;
-        let file = Arc::new(self.open_file(path, false)?);
+        let complete = *lock(&self.published) || lock(&self.linked)[index as usize];
+        let access = if complete {
+            Access::Read
+        } else {
+            Access::Create
+        };
+        let file = Arc::new(self.open_file(path, access)?);
         let mut cache = lock(&self.handles);
         if cache.map.len() >= MAX_OPEN_FILES
             && let Some(old) = cache.order.pop_front()
@@ -768,8 +785,35 @@ impl RevisionFiles {
         }
         let files = self.layout.files();
         let whole_fs = files.len() > SYNCFS_ABOVE_FILES;
+        // Writable handles are not needed any more.
+        lock(&self.handles).map.clear();
+        lock(&self.handles).order.clear();
+        let linked = lock(&self.linked).clone();
         for (i, f) in files.iter().enumerate() {
-            let handle = self.file(i as u32)?;
+            if linked[i] {
+                // Published before: durable and read-only already.
+                continue;
+            }
+            // Every byte of a file was written, which created it; only an
+            // empty file may not exist yet.
+            let handle = match self.open_file(&f.path, Access::Read) {
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && f.size == 0 =>
+                {
+                    self.open_file(&f.path, Access::Create)?
+                }
+                other => other?,
+            };
+            let len = handle.metadata().map_err(io_err(&f.path))?.len();
+            if len != f.size {
+                return Err(StoreError::Io {
+                    path: f.path.clone(),
+                    source: io::Error::other(format!(
+                        "holds {len} bytes, the listing says {}",
+                        f.size
+                    )),
+                });
+            }
             if !whole_fs {
                 handle.sync_all().map_err(io_err(&f.path))?;
             }
@@ -777,8 +821,6 @@ impl RevisionFiles {
                 .set_permissions(std::fs::Permissions::from_mode(published_mode(f.mode)))
                 .map_err(io_err(&f.path))?;
         }
-        lock(&self.handles).map.clear();
-        lock(&self.handles).order.clear();
         // Directories: fsync (entries are durable) and read-only, deepest
         // first.
         let mut dirs: Vec<&str> = files
@@ -810,13 +852,14 @@ impl RevisionFiles {
             dir.set_permissions(std::fs::Permissions::from_mode(0o555))
                 .map_err(io_err(d))?;
         }
-        let top = self
-            .dir_fd
-            .try_clone()
-            .map_err(io_err("revision directory"))?;
-        let top = File::from(top);
-        top.set_permissions(std::fs::Permissions::from_mode(0o555))
-            .map_err(io_err("revision directory"))?;
+        // The revision directory itself stays writable until it has been
+        // moved into place: moving a directory to another parent updates
+        // its `..` entry, which needs write permission on it.
+        let top = File::from(
+            self.dir_fd
+                .try_clone()
+                .map_err(io_err("revision directory"))?,
+        );
         if whole_fs {
             // After every permission change, so that those are durable too.
             nix::unistd::syncfs(&top)
@@ -826,6 +869,18 @@ impl RevisionFiles {
         }
         lock(&self.linked).iter_mut().for_each(|l| *l = true);
         Ok(())
+    }
+
+    /// Makes the (moved) revision directory read-only, durably.
+    fn seal_top(&self) -> Result<(), StoreError> {
+        let top = File::from(
+            self.dir_fd
+                .try_clone()
+                .map_err(io_err("revision directory"))?,
+        );
+        top.set_permissions(std::fs::Permissions::from_mode(0o555))
+            .map_err(io_err("revision directory"))?;
+        top.sync_all().map_err(io_err("revision directory"))
     }
 }
 
@@ -890,20 +945,29 @@ fn remove_tree(path: &Path) -> Result<(), StoreError> {
 }
 
 fn tree_bytes(p: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(p) else {
+    match std::fs::symlink_metadata(p) {
+        Ok(meta) if meta.is_dir() => dir_bytes(p),
+        Ok(meta) if meta.is_file() => meta.blocks() * 512,
+        _ => 0,
+    }
+}
+
+/// Bytes allocated under directory `p`: entries are examined relative to
+/// their directory (`fstatat`), not by walking each full path again.
+fn dir_bytes(p: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(p) else {
         return 0;
     };
-    if meta.is_dir() {
-        std::fs::read_dir(p)
-            .map(|it| it.flatten().map(|e| tree_bytes(&e.path())).sum())
-            .unwrap_or(0)
-    } else if meta.is_file() {
-        // Allocated bytes: sparse staging files count for what they hold;
-        // hard links are counted once per link (an over-estimate).
-        meta.blocks() * 512
-    } else {
-        0
-    }
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            // Allocated bytes: sparse staging files count for what they
+            // hold; hard links are counted once per link (an over-estimate).
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.blocks() * 512),
+            _ => 0,
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -921,6 +985,67 @@ mod tests {
 
     fn layout(files: Vec<pb::FileEntry>) -> Arc<ChunkLayout> {
         Arc::new(ChunkLayout::new(files, 64 * 1024).unwrap())
+    }
+
+    fn big_chunks_first(rev: &RevisionFiles) -> u32 {
+        (0..rev.layout().chunk_count())
+            .find(|&i| rev.chunk_is_local(i))
+            .unwrap()
+    }
+
+    /// Runs `test` on a thread of its own with the file capabilities
+    /// dropped, as the chart runs the agent: uid 0 without
+    /// `CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH` and `CAP_FOWNER`, so file
+    /// and directory permissions apply to it as to any owner.
+    fn as_the_chart_runs_the_agent(test: impl FnOnce() + Send + 'static) {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Default, Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const VERSION_3: u32 = 0x2008_0522;
+        const FILE_CAPABILITIES: u32 = (1 << 1) | (1 << 2) | (1 << 3);
+        let outcome = std::thread::spawn(move || {
+            let mut header = Header {
+                version: VERSION_3,
+                pid: 0,
+            };
+            let mut data = [Data::default(); 2];
+            // SAFETY: capget(2)/capset(2) with a version-3 header and the
+            // two data words that version takes; they change only the
+            // capabilities of this thread, which ends with the test.
+            #[allow(unsafe_code)]
+            unsafe {
+                let got = libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr());
+                assert_eq!(got, 0, "capget: {}", io::Error::last_os_error());
+                data[0].effective &= !FILE_CAPABILITIES;
+                data[0].permitted &= !FILE_CAPABILITIES;
+                let set = libc::syscall(libc::SYS_capset, &mut header, data.as_ptr());
+                assert_eq!(set, 0, "capset: {}", io::Error::last_os_error());
+            }
+            // The test means something only if permissions now apply.
+            let dir = tempfile::tempdir().unwrap();
+            let probe = dir.path().join("read-only");
+            std::fs::write(&probe, b"x").unwrap();
+            std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o444)).unwrap();
+            let denied = std::fs::OpenOptions::new().write(true).open(&probe);
+            assert_eq!(
+                denied.err().map(|e| e.kind()),
+                Some(io::ErrorKind::PermissionDenied)
+            );
+            test();
+        })
+        .join();
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
     }
 
     fn fill(files: &RevisionFiles, seed: u8) {
@@ -950,67 +1075,96 @@ mod tests {
 
     #[test]
     fn a_revision_of_many_files_is_published_with_one_syncfs() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = NodeStore::open(tmp.path()).unwrap();
-        let key = DatasetKey::new("ml", "many").unwrap();
-        let mut files: Vec<_> = (0..=SYNCFS_ABOVE_FILES)
-            .map(|i| entry(&format!("d{}/f{i}", i % 3), 1000 + i as u64, "1"))
-            .collect();
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        let rev = store.open_revision(&key, layout(files), None).unwrap();
-        fill(&rev, 3);
-        store.publish(&rev).unwrap();
-        let published = tmp.path().join("datasets/ml/many");
-        let meta = std::fs::metadata(published.join("d1/f1")).unwrap();
-        assert_eq!((meta.len(), meta.mode() & 0o222), (1001, 0));
-        assert_eq!(
-            std::fs::metadata(published.join("d1")).unwrap().mode() & 0o777,
-            0o555
-        );
+        as_the_chart_runs_the_agent(|| {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = NodeStore::open(tmp.path()).unwrap();
+            let key = DatasetKey::new("ml", "many").unwrap();
+            let mut files: Vec<_> = (0..=SYNCFS_ABOVE_FILES)
+                .map(|i| entry(&format!("d{}/f{i}", i % 3), 1000 + i as u64, "1"))
+                .collect();
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            let rev = store.open_revision(&key, layout(files), None).unwrap();
+            fill(&rev, 3);
+            store.publish(&rev).unwrap();
+            let published = tmp.path().join("datasets/ml/many");
+            let meta = std::fs::metadata(published.join("d1/f1")).unwrap();
+            assert_eq!((meta.len(), meta.mode() & 0o222), (1001, 0));
+            assert_eq!(
+                std::fs::metadata(published.join("d1")).unwrap().mode() & 0o777,
+                0o555
+            );
+            // Read-only trees are removed whole.
+            assert!(store.remove(&key).unwrap());
+            assert_eq!(
+                std::fs::read_dir(tmp.path().join("revisions/ml"))
+                    .unwrap()
+                    .count(),
+                0
+            );
+        });
     }
 
     #[test]
     fn publish_swaps_the_symlink_and_makes_files_read_only() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = NodeStore::open(tmp.path()).unwrap();
-        let key = DatasetKey::new("ml", "llama").unwrap();
-        let l = layout(vec![entry("a/b.bin", 200_000, "1"), entry("c", 10, "1")]);
-        let rev = store.open_revision(&key, l.clone(), None).unwrap();
-        fill(&rev, 1);
-        store.publish(&rev).unwrap();
-        let path = store.dataset_path(&key);
-        assert_eq!(std::fs::read(path.join("c")).unwrap().len(), 10);
-        let mode = std::fs::metadata(path.join("a/b.bin"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o444);
-        assert_eq!(store.published_revision(&key), Some(l.revision().short()));
+        as_the_chart_runs_the_agent(|| {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = NodeStore::open(tmp.path()).unwrap();
+            let key = DatasetKey::new("ml", "llama").unwrap();
+            let l = layout(vec![entry("a/b.bin", 200_000, "1"), entry("c", 10, "1")]);
+            let rev = store.open_revision(&key, l.clone(), None).unwrap();
+            fill(&rev, 1);
+            store.publish(&rev).unwrap();
+            let path = store.dataset_path(&key);
+            assert_eq!(std::fs::read(path.join("c")).unwrap().len(), 10);
+            let mode = std::fs::metadata(path.join("a/b.bin"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o444);
+            assert_eq!(store.published_revision(&key), Some(l.revision().short()));
 
-        // A new revision with one file changed: the unchanged one is linked.
-        let l2 = layout(vec![entry("a/b.bin", 200_000, "1"), entry("c", 12, "2")]);
-        let rev2 = store.open_revision(&key, l2.clone(), Some(&rev)).unwrap();
-        let big_chunks: Vec<u32> = (0..l2.chunk_count())
-            .filter(|&i| rev2.chunk_is_local(i))
-            .collect();
-        assert_eq!(
-            big_chunks.len(),
-            4,
-            "the 200 kB file's four chunks are local"
-        );
-        for i in 0..l2.chunk_count() {
-            if !rev2.chunk_is_local(i) {
-                rev2.write_chunk(i, &vec![9; l2.chunk_len(i) as usize])
-                    .unwrap();
+            // A new revision with one file changed: the unchanged one is linked.
+            let l2 = layout(vec![entry("a/b.bin", 200_000, "1"), entry("c", 12, "2")]);
+            let rev2 = store.open_revision(&key, l2.clone(), Some(&rev)).unwrap();
+            let big_chunks: Vec<u32> = (0..l2.chunk_count())
+                .filter(|&i| rev2.chunk_is_local(i))
+                .collect();
+            // Peers may read the linked (read-only) file before publication.
+            let mut buf = vec![0; l2.chunk_len(big_chunks_first(&rev2)) as usize];
+            rev2.read_chunk(big_chunks_first(&rev2), &mut buf).unwrap();
+            assert_eq!(buf[0], 1);
+            assert_eq!(
+                big_chunks.len(),
+                4,
+                "the 200 kB file's four chunks are local"
+            );
+            for i in 0..l2.chunk_count() {
+                if !rev2.chunk_is_local(i) {
+                    rev2.write_chunk(i, &vec![9; l2.chunk_len(i) as usize])
+                        .unwrap();
+                }
             }
-        }
-        store.publish(&rev2).unwrap();
-        assert_eq!(std::fs::read(path.join("c")).unwrap(), vec![9; 12]);
-        assert_eq!(std::fs::read(path.join("a/b.bin")).unwrap()[0], 1);
+            store.publish(&rev2).unwrap();
+            assert_eq!(std::fs::read(path.join("c")).unwrap(), vec![9; 12]);
+            assert_eq!(std::fs::read(path.join("a/b.bin")).unwrap()[0], 1);
 
-        assert!(store.remove(&key).unwrap());
-        assert!(!path.exists());
-        assert!(!store.remove(&key).unwrap());
+            assert!(store.remove(&key).unwrap());
+            assert!(!path.exists());
+            assert!(!store.remove(&key).unwrap());
+        });
+    }
+
+    /// A symlink to `target` where `name` of the revision would go.
+    fn plant_symlink(
+        store: &NodeStore,
+        key: &DatasetKey,
+        l: &ChunkLayout,
+        name: &str,
+        target: &Path,
+    ) {
+        let staging = store.staging_dir(key, &l.revision());
+        std::fs::create_dir_all(&staging).unwrap();
+        std::os::unix::fs::symlink(target, staging.join(name)).unwrap();
     }
 
     #[test]
@@ -1020,15 +1174,53 @@ mod tests {
         let store = NodeStore::open(tmp.path()).unwrap();
         let key = DatasetKey::new("ml", "x").unwrap();
         let l = layout(vec![entry("d/f", 10, "1")]);
-        let staging = store.staging_dir(&key, &l.revision());
-        std::fs::create_dir_all(&staging).unwrap();
-        std::os::unix::fs::symlink(outside.path(), staging.join("d")).unwrap();
+        plant_symlink(&store, &key, &l, "d", outside.path());
         let err = store.open_revision(&key, l, None).err().unwrap();
         assert!(
             matches!(err, StoreError::UnsafePath { ref path } if path == "d/f"),
             "{err}"
         );
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_symlink_planted_as_a_file_is_refused_at_the_first_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(tmp.path()).unwrap();
+        let key = DatasetKey::new("ml", "x").unwrap();
+        let l = layout(vec![entry("f", 10, "1")]);
+        let target = outside.path().join("target");
+        plant_symlink(&store, &key, &l, "f", &target);
+        let files = store.open_revision(&key, l, None).unwrap();
+        let err = files.write_chunk(0, &[7; 10]).unwrap_err();
+        assert!(
+            matches!(err, StoreError::UnsafePath { ref path } if path == "f"),
+            "{err}"
+        );
+        assert!(!target.exists());
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn empty_files_are_created_at_publication() {
+        as_the_chart_runs_the_agent(|| {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = NodeStore::open(tmp.path()).unwrap();
+            let key = DatasetKey::new("ml", "x").unwrap();
+            let l = layout(vec![entry("a", 10, "1"), entry("d/empty", 0, "2")]);
+            let files = store.open_revision(&key, l.clone(), None).unwrap();
+            for i in 0..l.chunk_count() {
+                files
+                    .write_chunk(i, &vec![1; l.chunk_len(i) as usize])
+                    .unwrap();
+            }
+            store.publish(&files).unwrap();
+            let dir = store.dataset_path(&key);
+            assert_eq!(std::fs::metadata(dir.join("d/empty")).unwrap().len(), 0);
+            assert_eq!(std::fs::read(dir.join("a")).unwrap(), vec![1; 10]);
+            assert!(store.remove(&key).unwrap());
+        });
     }
 
     #[test]
