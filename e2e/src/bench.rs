@@ -6,8 +6,10 @@
 //!
 //! 1. A [`SeedCluster`]: the API stand-in, N nodes in network namespaces
 //!    running the real agent, the operator. Every node link and the origin
-//!    link are shaped to `--link-mbit` in both directions. A generated
-//!    dataset is served by the HTTP origin.
+//!    link are shaped to `--link-mbit` in both directions. Every node root,
+//!    and the origin's files, are on an ext4 filesystem of their own, made
+//!    fresh for the run ([`crate::disk`]). A generated dataset is served by
+//!    the HTTP origin.
 //! 2. **Seed**: `kubectl apply` of a Dataset (every node, default chunk
 //!    size, `origin.maxFetchers` = N so the origin's one copy leaves over its
 //!    link in N disjoint shares). The makespan runs from just before
@@ -21,7 +23,8 @@
 //! 4. **Naive baseline**: the Dataset is deleted, then every node GETs the
 //!    whole dataset straight from the origin at once (`e2e bench
 //!    fetch-all` in each node's namespace: an nginx-JSON listing, 8
-//!    parallel GETs, every file written and fsynced as the agents do).
+//!    parallel GETs, every file written and made durable as the agents do:
+//!    an fsync per file, or one `syncfs` for more than 64 files).
 //! 5. **One peer link**: one agent pulls a probe dataset (about 4 s of the
 //!    link, the seed's chunk size) from exactly one peer that already holds
 //!    it (node-0 → node-1, assigned over the control API with node-0 as the
@@ -134,6 +137,10 @@ pub struct RunArgs {
     /// upload rate to peers.
     #[arg(long, env = "BENCH_PER_NODE")]
     pub per_node: bool,
+    /// Keep the work directory (agent, operator and origin logs) after the
+    /// run; its path is printed at the end.
+    #[arg(long, env = "BENCH_KEEP_WORK_DIR")]
+    pub keep_work_dir: bool,
 }
 
 impl RunArgs {
@@ -358,6 +365,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<BenchReport> {
     spec.origin_link_mbit = Some(args.link_mbit);
     // Unshaped loopback would make T* meaningless.
     spec.network = NetworkMode::Namespaces;
+    // A filesystem per node, made fresh, as on a cluster (see `disk`):
+    // room for the agent's copy, the naive copy and the peer probe.
+    let disk_bytes = 2 * files.total_bytes() + 2 * GIB;
+    spec.node_disk_bytes = Some(disk_bytes);
+    spec.keep_work_dir = args.keep_work_dir;
     eprintln!(
         "bench: starting {} nodes (real agents, operator), every link {} Mbit/s...",
         args.nodes, args.link_mbit
@@ -365,7 +377,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<BenchReport> {
     let mut c = SeedCluster::start(spec, bins).await?;
     let machine = Machine::current();
 
-    let src = c.cluster.work_dir().join("origin");
+    let src = c.cluster.add_disk("origin", disk_bytes)?.join("origin");
     eprintln!(
         "bench: generating {} in {} files...",
         human(files.total_bytes()),
@@ -755,12 +767,8 @@ async fn naive_download(
     let mut dests = Vec::new();
     let start = Instant::now();
     for n in c.cluster.nodes() {
-        let dest = c
-            .cluster
-            .work_dir()
-            .join("nodes")
-            .join(&n.name)
-            .join("naive");
+        // Beside the agent's root, on the node's own disk.
+        let dest = n.root.with_file_name("naive");
         let child = c
             .cluster
             .command(Placement::Node(&n.name), &c.bins.e2e)?
@@ -1156,8 +1164,13 @@ pub struct FetchAllReport {
     pub seconds: f64,
 }
 
+/// Above this many files, one `syncfs` at the end replaces an fsync per
+/// file, as in the agent's store.
+const FETCH_ALL_SYNCFS_ABOVE_FILES: usize = 64;
+
 /// Lists the directory tree (nginx JSON, one GET per directory, no HEADs)
-/// and GETs every file, writing and fsyncing it under `dest`.
+/// and GETs every file, writing it under `dest` and making it durable as
+/// the agent does: an fsync per file, or for many files one `syncfs`.
 pub async fn fetch_all(args: &FetchAllArgs) -> anyhow::Result<FetchAllReport> {
     let start = Instant::now();
     let client = reqwest::Client::builder()
@@ -1167,11 +1180,21 @@ pub async fn fetch_all(args: &FetchAllArgs) -> anyhow::Result<FetchAllReport> {
         .build()?;
     let base = format!("{}/", args.url.trim_end_matches('/'));
     let files = list_tree(&client, &base).await?;
+    let sync_each = files.len() <= FETCH_ALL_SYNCFS_ABOVE_FILES;
     let bytes: u64 = futures::stream::iter(files.iter())
-        .map(|(path, size)| get_file(&client, &base, path, *size, &args.dest))
+        .map(|(path, size)| get_file(&client, &base, path, *size, &args.dest, sync_each))
         .buffer_unordered(args.parallel.max(1))
         .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
         .await?;
+    if !sync_each {
+        let dest = args.dest.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = std::fs::File::open(&dest)?;
+            nix::unistd::syncfs(&dir).map_err(std::io::Error::from)
+        })
+        .await?
+        .with_context(|| format!("syncing {}", args.dest.display()))?;
+    }
     Ok(FetchAllReport {
         files: files.len(),
         bytes,
@@ -1234,6 +1257,7 @@ async fn get_file(
     rel: &str,
     size: u64,
     dest: &Path,
+    sync: bool,
 ) -> anyhow::Result<u64> {
     let url = format!("{base}{}", url_path(rel));
     let path = dest.join(rel);
@@ -1258,9 +1282,11 @@ async fn get_file(
             .with_context(|| format!("writing {}", path.display()))?;
         n += chunk.len() as u64;
     }
-    out.sync_all()
-        .await
-        .with_context(|| format!("syncing {}", path.display()))?;
+    if sync {
+        out.sync_all()
+            .await
+            .with_context(|| format!("syncing {}", path.display()))?;
+    }
     if n != size {
         bail!("{url}: got {n} bytes, the listing says {size}");
     }
@@ -1412,9 +1438,11 @@ directions (`tc tbf`), so T* = max(F/u_s, F/d_min, N·F/(u_s+Σu_i)) = F / rate.
 *Makespan*: from `kubectl apply` until every agent reports the revision Ready \
 (published, fsynced), `origin.maxFetchers` = N, default chunk size. *Naive*: the \
 Dataset deleted, every node GETs the whole dataset from the origin at once \
-(`e2e bench fetch-all`, 8 parallel GETs, files fsynced). *Peer link*: one agent \
-pulling a probe from one peer on the same shaped link vs one raw TCP stream \
-(steady state). CPU and disk: share busy during the seed, whole machine.\n\n",
+(`e2e bench fetch-all`, 8 parallel GETs, files made durable as the agents do). \
+*Peer link*: one agent pulling a probe from one peer on the same shaped link vs \
+one raw TCP stream (steady state). Every node (and the origin) has an ext4 \
+filesystem of its own, made fresh for the run (loop-mounted images on the \
+machine's one disk). CPU and disk: share busy during the seed, whole machine.\n\n",
     );
     if !note.is_empty() {
         s.push_str(note.trim());
@@ -1608,6 +1636,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             json: true,
             per_node: true,
+            keep_work_dir: true,
         };
         assert_eq!(
             args.command(),

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 
 use crate::apiserver::{ApiServer, AuditRecord};
+use crate::disk::NodeDisk;
 use crate::error::{Error, Result};
 use crate::kube_objects::{self, AgentPorts};
 use crate::naming::{self, AddressMode, AddressPlan, ClusterNames, SubnetSlot};
@@ -90,6 +91,10 @@ pub struct ClusterSpec {
     pub e2e_binary: Option<PathBuf>,
     /// Record every request to the API stand-in ([`Cluster::api_audit`]).
     pub audit_api: bool,
+    /// Give every node a filesystem of its own of this many bytes, made
+    /// fresh for this cluster ([`crate::disk`]; needs root). `None`: node
+    /// roots are directories of the work directory's filesystem.
+    pub node_disk_bytes: Option<u64>,
 }
 
 impl ClusterSpec {
@@ -111,6 +116,7 @@ impl ClusterSpec {
             ready_timeout: Duration::from_secs(30),
             e2e_binary: None,
             audit_api: false,
+            node_disk_bytes: None,
         }
     }
 
@@ -166,6 +172,8 @@ pub struct ClusterNode {
     pub agent_log: PathBuf,
     agent: Option<ManagedChild>,
     restarts: u32,
+    /// The node's own filesystem, holding `root` ([`ClusterSpec::node_disk_bytes`]).
+    disk: Option<NodeDisk>,
 }
 
 impl ClusterNode {
@@ -251,6 +259,8 @@ pub struct Cluster {
     fallback_reason: Option<String>,
     nodes: Vec<ClusterNode>,
     extra: Vec<ManagedChild>,
+    /// Filesystems made by [`Cluster::add_disk`].
+    disks: Vec<NodeDisk>,
     api: Option<ApiServer>,
     client: kube::Client,
     network: Option<Network>,
@@ -438,7 +448,19 @@ impl Cluster {
                 .node(index)
                 .ok_or_else(|| Error::Invalid("too many nodes".into()))?;
             let dir = wd.join("nodes").join(&n.name);
-            let root = dir.join("root");
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io("create node dir", &dir, e))?;
+            let disk = match spec.node_disk_bytes {
+                Some(bytes) => Some(NodeDisk::create(
+                    &dir.join("disk.img"),
+                    &dir.join("disk"),
+                    bytes,
+                )?),
+                None => None,
+            };
+            let root = disk
+                .as_ref()
+                .map_or(dir.as_path(), NodeDisk::path)
+                .join("root");
             std::fs::create_dir_all(&root).map_err(|e| Error::io("create node root", &root, e))?;
             nodes.push(ClusterNode {
                 name: n.name.clone(),
@@ -451,6 +473,7 @@ impl Cluster {
                 agent_log: dir.join("agent.log"),
                 agent: None,
                 restarts: 0,
+                disk,
             });
         }
 
@@ -460,6 +483,7 @@ impl Cluster {
             fallback_reason,
             nodes,
             extra: Vec::new(),
+            disks: Vec::new(),
             api: Some(api),
             client,
             network,
@@ -688,6 +712,18 @@ impl Cluster {
         &self.token_file
     }
 
+    /// A fresh filesystem of `bytes` of its own ([`crate::disk`]; needs
+    /// root), mounted at `<work dir>/disks/<name>` until teardown; returns
+    /// the mount point.
+    pub fn add_disk(&mut self, name: &str, bytes: u64) -> Result<PathBuf> {
+        let dir = self.work_dir().join("disks");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        let disk = NodeDisk::create(&dir.join(format!("{name}.img")), &dir.join(name), bytes)?;
+        let path = disk.path().to_path_buf();
+        self.disks.push(disk);
+        Ok(path)
+    }
+
     pub fn work_dir(&self) -> &Path {
         self.work
             .as_ref()
@@ -850,6 +886,11 @@ impl Cluster {
             n.agent.take();
         }
         self.extra.clear();
+        // After every process that could hold a file open on them.
+        for n in &mut self.nodes {
+            n.disk.take();
+        }
+        self.disks.clear();
         if let Some(mut net) = self.network.take() {
             net.teardown();
         }

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod cluster;
 pub mod cmd;
 pub mod demo;
+pub mod disk;
 pub mod error;
 pub mod kube_objects;
 pub mod naming;

@@ -260,9 +260,14 @@ pub fn sweep_stale_files(tmp: &Path, slot_dir: &Path, alive: impl Fn(u32) -> boo
             && pid != me
             && !alive(pid)
             && !entry.path().join(KEEP_MARKER).exists()
-            && std::fs::remove_dir_all(entry.path()).is_ok()
         {
-            removed.push(entry.path());
+            // Node disks a killed benchmark left mounted.
+            for m in crate::disk::mounts_under(&entry.path()) {
+                crate::disk::unmount(&m);
+            }
+            if std::fs::remove_dir_all(entry.path()).is_ok() {
+                removed.push(entry.path());
+            }
         }
     }
     for entry in std::fs::read_dir(slot_dir).into_iter().flatten().flatten() {

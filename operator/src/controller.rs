@@ -46,6 +46,9 @@ pub const MANAGER: &str = "swarmseed-operator";
 const KUBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on listing a source (large buckets take a while).
 const LIST_TIMEOUT: Duration = Duration::from_secs(600);
+/// Requests in flight while listing a source. Listing is latency-bound:
+/// an HTTP source takes one HEAD per file (for its size and ETag).
+const LIST_CONCURRENCY: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -697,6 +700,7 @@ async fn list_source(
     let origin = assignment::origin(source, credentials, "");
     let options = OriginOptions {
         bandwidth_bytes_per_sec: bandwidth,
+        concurrency: LIST_CONCURRENCY,
         ..OriginOptions::default()
     };
     let problem =

@@ -110,9 +110,11 @@ pub fn file_content(seed: u64, path: &str) -> impl Read {
     hasher.finalize_xof()
 }
 
-/// Writes the dataset under `dir` (created if missing); returns its files.
+/// Writes the dataset under `dir` (created if missing) and flushes it to
+/// disk; returns its files.
 pub fn generate_dataset(dir: &Path, spec: &DatasetSpec) -> Result<Vec<PlannedFile>> {
     let files = plan(spec);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     let mut buf = vec![0u8; 1024 * 1024];
     for f in &files {
         let path = dir.join(&f.path);
@@ -132,9 +134,11 @@ pub fn generate_dataset(dir: &Path, spec: &DatasetSpec) -> Result<Vec<PlannedFil
                 .map_err(|e| Error::io("write file", &path, e))?;
             left -= n as u64;
         }
-        out.sync_all()
-            .map_err(|e| Error::io("sync file", &path, e))?;
     }
+    // On disk before anything is measured, in one flush of the filesystem
+    // rather than a journal commit per file.
+    let root = File::open(dir).map_err(|e| Error::io("open", dir, e))?;
+    nix::unistd::syncfs(&root).map_err(|e| Error::io("sync", dir, e.into()))?;
     Ok(files)
 }
 
