@@ -563,7 +563,9 @@ impl Cluster {
             .arg(n.address.to_string())
             .arg("--control-token-file")
             .arg(&self.token_file)
-            .log(&n.agent_log);
+            .log(&n.agent_log)
+            // As the chart runs it: permissions apply to the agent.
+            .without_capabilities();
         for (k, v) in &self.spec.agent_env {
             spec = spec.env(k, v);
         }

@@ -159,6 +159,31 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_is_a_filesystem_of_its_own_until_dropped() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        let mnt = dir.path().join("disk");
+        let made = NodeDisk::create(&image, &mnt, 64 << 20);
+        if !nix::unistd::geteuid().is_root() {
+            // Loop devices need root: the error says which command failed.
+            let err = made.unwrap_err();
+            assert_eq!(err.label(), "command", "{err}");
+            assert!(!image.exists());
+            return;
+        }
+        let disk = made.unwrap();
+        assert_eq!(mounts_under(dir.path()), vec![mnt.clone()]);
+        let outer = std::fs::metadata(dir.path()).unwrap().dev();
+        assert_ne!(std::fs::metadata(disk.path()).unwrap().dev(), outer);
+        std::fs::write(disk.path().join("f"), b"bytes").unwrap();
+        drop(disk);
+        assert!(mounts_under(dir.path()).is_empty());
+        assert!(!image.exists());
+        assert!(!mnt.join("f").exists());
+    }
+
+    #[test]
     fn nothing_is_mounted_under_a_fresh_directory() {
         let d = tempfile::tempdir().unwrap();
         assert!(mounts_under(d.path()).is_empty());

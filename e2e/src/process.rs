@@ -38,6 +38,9 @@ pub struct ChildSpec {
     pub env: Vec<(OsString, OsString)>,
     /// stdout and stderr are appended here (`None`: discarded).
     pub log: Option<PathBuf>,
+    /// Run as root without any capability, as the chart runs the agent
+    /// (only when the caller is root and `setpriv` is there).
+    pub drop_capabilities: bool,
 }
 
 impl ChildSpec {
@@ -49,7 +52,14 @@ impl ChildSpec {
             args: Vec::new(),
             env: Vec::new(),
             log: None,
+            drop_capabilities: false,
         }
+    }
+
+    /// See [`ChildSpec::drop_capabilities`].
+    pub fn without_capabilities(mut self) -> Self {
+        self.drop_capabilities = true;
+        self
     }
 
     pub fn netns(mut self, netns: Option<String>) -> Self {
@@ -89,7 +99,12 @@ impl ChildSpec {
             argv.push(ns.into());
         }
         if have_setpriv() {
-            argv.extend(["setpriv", "--pdeathsig", "KILL", "--"].map(OsString::from));
+            argv.extend(["setpriv", "--pdeathsig", "KILL"].map(OsString::from));
+            // Dropping capabilities needs them in the first place.
+            if self.drop_capabilities && nix::unistd::geteuid().is_root() {
+                argv.extend(["--bounding-set=-all", "--inh-caps=-all"].map(OsString::from));
+            }
+            argv.push("--".into());
         }
         argv.push(self.program.clone());
         argv.extend(self.args.iter().cloned());
@@ -242,6 +257,14 @@ mod tests {
         !crate::naming::pid_alive(pid)
     }
 
+    fn wait_for_exit(child: &mut ManagedChild) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while child.is_running() {
+            assert!(Instant::now() < deadline, "{} still runs", child.pid());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn drop_kills_the_whole_process_group() {
         let dir = tempfile::tempdir().unwrap();
@@ -277,6 +300,27 @@ mod tests {
     }
 
     #[test]
+    fn a_child_without_capabilities_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let mut child = ManagedChild::spawn(
+            &ChildSpec::new("caps", "sh")
+                .arg("-c")
+                .arg("grep -E '^Cap(Eff|Prm)' /proc/self/status")
+                .log(&log)
+                .without_capabilities(),
+        )
+        .unwrap();
+        wait_for_exit(&mut child);
+        let tail = child.log_tail(200);
+        assert!(
+            tail.contains("CapPrm:\t0000000000000000")
+                && tail.contains("CapEff:\t0000000000000000"),
+            "{tail}"
+        );
+    }
+
+    #[test]
     fn output_goes_to_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
@@ -287,11 +331,7 @@ mod tests {
                 .log(&log),
         )
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while child.is_running() {
-            assert!(Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_exit(&mut child);
         let tail = child.log_tail(100);
         assert!(tail.contains("hello") && tail.contains("oops"), "{tail}");
     }
