@@ -230,6 +230,11 @@ pub struct Transfer {
     cfg: Arc<TransferConfig>,
     plan: Mutex<Plan>,
     board: Mutex<Board>,
+    /// Chunks being written now, each by one writer: a duplicate (endgame,
+    /// or a helper's origin read and a peer at once) is dropped rather
+    /// than written, so no write can reach a file once the last chunk is
+    /// in and publication seals it.
+    writing: Mutex<HashSet<u32>>,
     board_version: watch::Sender<u64>,
     haves: broadcast::Sender<ChunkRecord>,
     counters: Counters,
@@ -285,6 +290,7 @@ impl Transfer {
             cfg,
             plan: Mutex::new(plan),
             board: Mutex::new(board),
+            writing: Mutex::new(HashSet::new()),
             board_version: watch::channel(0).0,
             haves,
             counters: Counters::default(),
@@ -1060,25 +1066,37 @@ impl Transfer {
         outstanding: &Mutex<HashSet<u32>>,
     ) -> Result<(), SessionError> {
         let digest = ChunkDigest::of(data);
-        let record = {
-            let board = lock(&self.board);
-            if board.expected(index) != Some(digest) {
-                return Err(SessionError::BadData(index));
-            }
-            board.record(index).copied()
-        };
+        if lock(&self.board).expected(index) != Some(digest) {
+            return Err(SessionError::BadData(index));
+        }
         // Not ours any more if the session ended meanwhile: its teardown
         // released the request already.
         let requested = lock(outstanding).remove(&index);
-        if record.is_none() {
-            self.accept_peer_chunk(index, digest, data, requested)
-        } else {
-            // Endgame duplicate: already have it.
-            if requested {
-                lock(&self.board).release(index);
+        match self.claim_write(index) {
+            Some(_claim) => self.accept_peer_chunk(index, digest, data, requested),
+            None => {
+                // Endgame duplicate: already have it, or another writer does.
+                if requested {
+                    lock(&self.board).release(index);
+                }
+                Ok(())
             }
-            Ok(())
         }
+    }
+
+    /// The right to write chunk `index`, held until the chunk is committed
+    /// (or its write failed); `None` if it is complete or being written.
+    fn claim_write(&self, index: u32) -> Option<WriteClaim<'_>> {
+        let board = lock(&self.board);
+        if board.record(index).is_some() {
+            return None;
+        }
+        let claimed = lock(&self.writing).insert(index);
+        // Built only when claimed: dropping a claim releases its chunk.
+        claimed.then(|| WriteClaim {
+            writing: &self.writing,
+            index,
+        })
     }
 
     fn accept_peer_chunk(
@@ -1211,6 +1229,11 @@ impl Transfer {
                 let len = data.len() as u64;
                 let this = self.clone();
                 let written = tokio::task::spawn_blocking(move || {
+                    let Some(_claim) = this.claim_write(index) else {
+                        // A peer delivered it meanwhile (this was a helper's read).
+                        lock(&this.board).release(index);
+                        return Ok(());
+                    };
                     let digest = ChunkDigest::of(&data);
                     let record = this.identity.attest(&this.revision(), index, digest);
                     this.files
@@ -1319,6 +1342,18 @@ impl<F: FnMut()> Drop for ScopeGuard<F> {
 
 fn scopeguard<F: FnMut()>(f: F) -> ScopeGuard<F> {
     ScopeGuard(f)
+}
+
+/// See [`Transfer::claim_write`]; released on drop.
+struct WriteClaim<'a> {
+    writing: &'a Mutex<HashSet<u32>>,
+    index: u32,
+}
+
+impl Drop for WriteClaim<'_> {
+    fn drop(&mut self) {
+        lock(self.writing).remove(&self.index);
+    }
 }
 
 #[cfg(test)]

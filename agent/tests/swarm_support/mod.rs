@@ -332,7 +332,7 @@ impl AgentProc {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_swarmseed-agent"));
+        let mut cmd = agent_command();
         cmd.arg("--node-name")
             .arg(&self.name)
             .arg("--root")
@@ -688,4 +688,21 @@ pub fn workdir() -> tempfile::TempDir {
         eprintln!("keeping {}", dir.path().display());
     }
     dir
+}
+
+/// The agent as the chart runs it: as root, without any capability (file
+/// permissions apply to it), when this test runs as root and `setpriv` is
+/// there; as this user otherwise.
+fn agent_command() -> Command {
+    let agent = env!("CARGO_BIN_EXE_swarmseed-agent");
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    // /proc/self belongs to this process's effective user.
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if root && setpriv.exists() {
+        let mut cmd = Command::new(setpriv);
+        cmd.args(["--bounding-set=-all", "--inh-caps=-all", "--", agent]);
+        cmd
+    } else {
+        Command::new(agent)
+    }
 }
