@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests, the demo and the benchmarks need beyond the Rust
 # toolchain: moto's S3 server (origin), iproute2 (node network namespaces and
-# link shaping) and kubectl's companions. Safe to run again: it installs only
+# link shaping), e2fsprogs (node filesystems for the benchmark) and kubectl's
+# companions. Safe to run again: it installs only
 # what is missing.
 set -euo pipefail
 
@@ -12,6 +13,9 @@ command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 # setpriv: children of the test cluster get PR_SET_PDEATHSIG through it.
 command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+# mkfs.ext4, losetup: the benchmark gives every node a filesystem of its own.
+command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)
+command -v losetup >/dev/null 2>&1 || need_apt+=(mount)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq

@@ -165,10 +165,14 @@ mod tests {
         let image = dir.path().join("disk.img");
         let mnt = dir.path().join("disk");
         let made = NodeDisk::create(&image, &mnt, 64 << 20);
-        if !nix::unistd::geteuid().is_root() {
-            // Loop devices need root: the error says which command failed.
+        let can = nix::unistd::geteuid().is_root()
+            && Path::new("/dev/loop-control").exists()
+            && PROGRAMS.iter().all(|p| cmd::on_path(p));
+        if !can {
+            // Without root, loop devices or the programs: an error that
+            // says what failed, and no image left behind.
             let err = made.unwrap_err();
-            assert_eq!(err.label(), "command", "{err}");
+            assert!(["command", "invalid"].contains(&err.label()), "{err}");
             assert!(!image.exists());
             return;
         }
