@@ -1086,16 +1086,17 @@ impl Transfer {
 
     /// The right to write chunk `index`, held until the chunk is committed
     /// (or its write failed); `None` if it is complete or being written.
-    fn claim_write(&self, index: u32) -> Option<WriteClaim<'_>> {
+    fn claim_write(&self, index: u32) -> Option<ScopeGuard<impl FnMut() + '_>> {
         let board = lock(&self.board);
         if board.record(index).is_some() {
             return None;
         }
         let claimed = lock(&self.writing).insert(index);
         // Built only when claimed: dropping a claim releases its chunk.
-        claimed.then(|| WriteClaim {
-            writing: &self.writing,
-            index,
+        claimed.then(|| {
+            scopeguard(move || {
+                lock(&self.writing).remove(&index);
+            })
         })
     }
 
@@ -1342,18 +1343,6 @@ impl<F: FnMut()> Drop for ScopeGuard<F> {
 
 fn scopeguard<F: FnMut()>(f: F) -> ScopeGuard<F> {
     ScopeGuard(f)
-}
-
-/// See [`Transfer::claim_write`]; released on drop.
-struct WriteClaim<'a> {
-    writing: &'a Mutex<HashSet<u32>>,
-    index: u32,
-}
-
-impl Drop for WriteClaim<'_> {
-    fn drop(&mut self) {
-        lock(self.writing).remove(&self.index);
-    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ const SMALL_RANGE: u64 = 256 << 10;
 /// Bytes of small ranges between two flushes of their filesystem.
 const SMALL_BATCH: u64 = 32 << 20;
 
+#[derive(Debug)]
 enum Hint {
     /// Start writing out this range of the file.
     Range(Arc<File>, u64, u64),
@@ -43,17 +44,11 @@ enum Hint {
 
 /// A handle to the write-behind thread; cheap to clone. The thread ends
 /// when the last handle is dropped.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct WriteBehind {
     tx: SyncSender<Hint>,
     /// Bytes of small ranges written so far.
     small: Arc<AtomicU64>,
-}
-
-impl std::fmt::Debug for WriteBehind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteBehind").finish_non_exhaustive()
-    }
 }
 
 impl WriteBehind {
