@@ -10,6 +10,7 @@ pub mod admin;
 pub mod agent;
 pub mod attest;
 pub mod board;
+pub mod chunkmem;
 pub mod control;
 pub mod metrics;
 pub mod origin;

@@ -94,6 +94,19 @@ struct Args {
     )]
     peer_congestion_control: String,
 
+    /// Memory for the chunks each dataset transfer verified last, MiB.
+    /// Peers ask for a chunk soon after this node announces it; from here
+    /// it is sent without a disk read. Chunks of big files are written to
+    /// disk bypassing the page cache, so without this memory every chunk
+    /// served would be read back from disk. 0 turns it off.
+    #[arg(long, env = "SWARMSEED_PEER_CACHE_MIB", default_value_t = 64)]
+    peer_cache_mib: u32,
+
+    /// Write every chunk through the page cache, never with O_DIRECT (on a
+    /// filesystem that refuses O_DIRECT the agent does so by itself).
+    #[arg(long, env = "SWARMSEED_NO_DIRECT_IO")]
+    no_direct_io: bool,
+
     /// Log format.
     #[arg(long, env = "SWARMSEED_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -134,7 +147,11 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let store = Arc::new(NodeStore::open(&args.root).context("opening the node store")?);
+    let mut store = NodeStore::open(&args.root).context("opening the node store")?;
+    if args.no_direct_io {
+        store = store.without_direct_io();
+    }
+    let store = Arc::new(store);
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
 
@@ -163,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
         fallback_after: args.fallback_after,
         stall_timeout: args.peer_stall_timeout,
         origin_chunk_concurrency: args.origin_concurrency.into(),
+        peer_cache_bytes: u64::from(args.peer_cache_mib) << 20,
         origin: OriginOptions {
             request_timeout: args.origin_timeout,
             max_retries: args.origin_retries,

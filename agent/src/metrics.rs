@@ -22,6 +22,7 @@ pub struct ReasonLabels {
 pub struct Metrics {
     pub bytes_received: Family<SourceLabels, Counter>,
     pub bytes_served: Counter,
+    pub bytes_served_from_memory: Counter,
     pub chunks_verified: Counter,
     pub verification_failures: Counter,
     pub peers_dropped: Family<ReasonLabels, Counter>,
@@ -43,6 +44,11 @@ impl Metrics {
             "served_bytes",
             "Bytes served to peers",
             m.bytes_served.clone(),
+        );
+        r.register(
+            "served_from_memory_bytes",
+            "Of the bytes served to peers, those sent from the chunks verified last, kept in memory (--peer-cache-mib); the rest is read from disk",
+            m.bytes_served_from_memory.clone(),
         );
         r.register(
             "chunks_verified",

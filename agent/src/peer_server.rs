@@ -288,6 +288,13 @@ async fn send_piece(
         }
         return wr.write_all(&buf).await;
     }
+    if let Some(chunk) = transfer.recent_chunk(index) {
+        // Verified a moment ago and still in memory (written to disk
+        // without passing through the page cache).
+        wr.write_all(&chunk).await?;
+        transfer.served_from_memory(len);
+        return Ok(());
+    }
     for seg in layout.segments(index) {
         let file = transfer.files().file(seg.file).map_err(io::Error::other)?;
         sendfile_all(wr, &file, seg.file_offset, seg.len).await?;

@@ -26,7 +26,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -187,7 +187,30 @@ pub struct NodeStore {
     root: PathBuf,
     write_behind: WriteBehind,
     usage: Arc<UsageCache>,
+    direct_io: Arc<DirectIo>,
 }
+
+/// Whether big chunk writes bypass the page cache (`O_DIRECT`): on unless
+/// turned off, and off for good once the filesystem refuses it.
+#[derive(Debug)]
+struct DirectIo(AtomicBool);
+
+impl DirectIo {
+    fn enabled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn refused(&self, e: &io::Error) {
+        if self.0.swap(false, Ordering::Relaxed) {
+            tracing::info!(error = %e, "the store's filesystem refuses O_DIRECT; writing through the page cache");
+        }
+    }
+}
+
+/// Segments at least this long, at a block-aligned offset and in
+/// block-aligned memory, are written with `O_DIRECT`; shorter ones go
+/// through the page cache, where the write-behind thread batches them.
+const DIRECT_MIN: u64 = 256 * 1024;
 
 /// How old the reported size of the store may be. Measuring it takes a
 /// `statx` of every file under the root: on every status call (the
@@ -259,7 +282,14 @@ impl NodeStore {
             root,
             write_behind,
             usage,
+            direct_io: Arc::new(DirectIo(AtomicBool::new(true))),
         })
+    }
+
+    /// Writes every chunk through the page cache, never with `O_DIRECT`.
+    pub fn without_direct_io(self) -> Self {
+        self.direct_io.0.store(false, Ordering::Relaxed);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -359,12 +389,16 @@ impl NodeStore {
             log_path,
             published: Mutex::new(published),
             handles: Mutex::new(HandleCache::default()),
+            direct_handles: Mutex::new(HandleCache::default()),
+            direct_io: self.direct_io.clone(),
+            written_direct: AtomicU64::new(0),
             linked: Mutex::new(vec![published; layout.files().len()]),
             write_behind: self.write_behind.clone(),
         };
         if !published {
             self.check_space(&layout, previous)?;
             files.prepare_files(previous)?;
+            files.undo_interrupted_seal()?;
         }
         Ok(files)
     }
@@ -525,6 +559,8 @@ enum Access {
     Read,
     /// Writable, created if missing.
     Create,
+    /// As `Create`, bypassing the page cache (`O_DIRECT`).
+    CreateDirect,
 }
 
 /// Open file handles of a revision, bounded: datasets may have millions of
@@ -537,6 +573,18 @@ struct HandleCache {
 
 const MAX_OPEN_FILES: usize = 256;
 
+impl HandleCache {
+    fn insert(&mut self, index: u32, file: Arc<File>) {
+        if self.map.len() >= MAX_OPEN_FILES
+            && let Some(old) = self.order.pop_front()
+        {
+            self.map.remove(&old);
+        }
+        self.map.insert(index, file);
+        self.order.push_back(index);
+    }
+}
+
 /// The files of one revision on disk.
 pub struct RevisionFiles {
     key: DatasetKey,
@@ -545,6 +593,10 @@ pub struct RevisionFiles {
     log_path: PathBuf,
     published: Mutex<bool>,
     handles: Mutex<HandleCache>,
+    /// `O_DIRECT` handles of files being written.
+    direct_handles: Mutex<HandleCache>,
+    direct_io: Arc<DirectIo>,
+    written_direct: AtomicU64,
     /// Files already complete on disk (hard-linked from the previous
     /// revision, or the whole revision once published): never written.
     linked: Mutex<Vec<bool>>,
@@ -678,8 +730,9 @@ impl RevisionFiles {
         flags |= match access {
             Access::Read => OFlag::O_RDONLY,
             Access::Create => OFlag::O_RDWR | OFlag::O_CREAT,
+            Access::CreateDirect => OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_DIRECT,
         };
-        let create = access == Access::Create;
+        let create = access != Access::Read;
         // openat2 refuses a mode without O_CREAT.
         let mut how = OpenHow::new()
             .flags(flags)
@@ -708,31 +761,82 @@ impl RevisionFiles {
             Access::Create
         };
         let file = Arc::new(self.open_file(path, access)?);
-        let mut cache = lock(&self.handles);
-        if cache.map.len() >= MAX_OPEN_FILES
-            && let Some(old) = cache.order.pop_front()
-        {
-            cache.map.remove(&old);
-        }
-        cache.map.insert(index, file.clone());
-        cache.order.push_back(index);
+        lock(&self.handles).insert(index, file.clone());
         Ok(file)
     }
 
+    /// An `O_DIRECT` handle on file `index` (cached), created if it does
+    /// not exist yet; `None` where direct I/O is off or refused.
+    fn direct_file(&self, index: u32) -> Result<Option<Arc<File>>, StoreError> {
+        if !self.direct_io.enabled() {
+            return Ok(None);
+        }
+        if let Some(f) = lock(&self.direct_handles).map.get(&index) {
+            return Ok(Some(f.clone()));
+        }
+        let path = &self.layout.files()[index as usize].path;
+        let file = match self.open_file(path, Access::CreateDirect) {
+            Ok(f) => Arc::new(f),
+            Err(StoreError::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                self.direct_io.refused(&source);
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        lock(&self.direct_handles).insert(index, file.clone());
+        Ok(Some(file))
+    }
+
     /// Writes a verified chunk into its files (segments of files that are
-    /// already complete are skipped).
+    /// already complete are skipped). The block-aligned part of a big
+    /// segment whose bytes lie in block-aligned memory (a
+    /// [`crate::chunkmem::ChunkBuf`]) goes to the disk with `O_DIRECT`,
+    /// without page-cache pages; the rest through the page cache, with a
+    /// writeback hint.
     pub fn write_chunk(&self, index: u32, data: &[u8]) -> Result<(), StoreError> {
         let mut at = 0usize;
         for s in self.layout.segments(index) {
             let len = s.len as usize;
             let skip = lock(&self.linked)[s.file as usize];
             if !skip {
-                let f = self.file(s.file)?;
-                f.write_all_at(&data[at..at + len], s.file_offset)
-                    .map_err(io_err(&self.layout.files()[s.file as usize].path))?;
-                self.write_behind.hint(f, s.file_offset, s.len);
+                self.write_segment(s.file, s.file_offset, &data[at..at + len])?;
             }
             at += len;
+        }
+        Ok(())
+    }
+
+    /// Bytes [`Self::write_chunk`] wrote with `O_DIRECT`.
+    pub fn bytes_written_direct(&self) -> u64 {
+        self.written_direct.load(Ordering::Relaxed)
+    }
+
+    fn write_segment(&self, index: u32, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = &self.layout.files()[index as usize].path;
+        let block = crate::chunkmem::BLOCK;
+        let aligned = bytes.len() / block * block;
+        let mut direct = 0;
+        if aligned as u64 >= DIRECT_MIN
+            && offset.is_multiple_of(block as u64)
+            && (bytes.as_ptr() as usize).is_multiple_of(block)
+            && let Some(f) = self.direct_file(index)?
+        {
+            match f.write_all_at(&bytes[..aligned], offset) {
+                Ok(()) => {
+                    direct = aligned;
+                    self.written_direct
+                        .fetch_add(aligned as u64, Ordering::Relaxed);
+                }
+                // A block size above ours: the page cache it is.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct_io.refused(&e),
+                Err(e) => return Err(io_err(path)(e)),
+            }
+        }
+        if direct < bytes.len() {
+            let f = self.file(index)?;
+            let at = offset + direct as u64;
+            f.write_all_at(&bytes[direct..], at).map_err(io_err(path))?;
+            self.write_behind.hint(f, at, (bytes.len() - direct) as u64);
         }
         Ok(())
     }
@@ -786,8 +890,8 @@ impl RevisionFiles {
         let files = self.layout.files();
         let whole_fs = files.len() > SYNCFS_ABOVE_FILES;
         // Writable handles are not needed any more.
-        lock(&self.handles).map.clear();
-        lock(&self.handles).order.clear();
+        *lock(&self.handles) = HandleCache::default();
+        *lock(&self.direct_handles) = HandleCache::default();
         let linked = lock(&self.linked).clone();
         for (i, f) in files.iter().enumerate() {
             if linked[i] {
@@ -823,29 +927,8 @@ impl RevisionFiles {
         }
         // Directories: fsync (entries are durable) and read-only, deepest
         // first.
-        let mut dirs: Vec<&str> = files
-            .iter()
-            .filter_map(|f| f.path.rsplit_once('/').map(|(d, _)| d))
-            .collect();
-        dirs.sort_unstable();
-        dirs.dedup();
-        let mut all_dirs = std::collections::BTreeSet::new();
-        for d in dirs {
-            let mut p = d;
-            loop {
-                all_dirs.insert(p);
-                match p.rsplit_once('/') {
-                    Some((parent, _)) => p = parent,
-                    None => break,
-                }
-            }
-        }
-        for d in all_dirs.iter().rev() {
-            let how = OpenHow::new()
-                .flags(OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-            let fd = openat2(self.dir_fd.as_fd(), *d, how).map_err(|e| self.open_error(d, e))?;
-            let dir = File::from(fd);
+        for d in self.directories().iter().rev() {
+            let dir = self.open_dir(d)?;
             if !whole_fs {
                 dir.sync_all().map_err(io_err(d))?;
             }
@@ -869,6 +952,73 @@ impl RevisionFiles {
         }
         lock(&self.linked).iter_mut().for_each(|l| *l = true);
         Ok(())
+    }
+
+    /// Makes a staging tree writable again if the agent stopped between
+    /// sealing it and moving it into `revisions/`. Chunks whose records
+    /// had not reached the (not fsynced) chunk log are then written again,
+    /// and without `CAP_DAC_OVERRIDE` a read-only file or directory would
+    /// refuse them. Sealing goes through the files in layout order, so the
+    /// first file not linked from the previous revision tells whether it
+    /// ever started; linked files share their inode with a published
+    /// revision and are left alone.
+    fn undo_interrupted_seal(&self) -> Result<(), StoreError> {
+        let linked = lock(&self.linked).clone();
+        let files = self.layout.files();
+        let Some(first) = files.iter().zip(&linked).find(|(_, l)| !**l) else {
+            return Ok(());
+        };
+        let writable = |f: &File, path: &str| {
+            f.metadata()
+                .map(|m| m.permissions().mode() & 0o200 != 0)
+                .map_err(io_err(path))
+        };
+        // Anything but a read-only file (none yet, or an unsafe path that
+        // the first write reports) means no seal started.
+        match self.open_file(&first.0.path, Access::Read) {
+            Ok(f) if !writable(&f, &first.0.path)? => {}
+            _ => return Ok(()),
+        }
+        tracing::info!(dataset = %self.key, "reopening a staging tree sealed before a restart");
+        for d in self.directories() {
+            self.open_dir(d)?
+                .set_permissions(std::fs::Permissions::from_mode(0o755))
+                .map_err(io_err(d))?;
+        }
+        for (f, _) in files.iter().zip(&linked).filter(|(_, l)| !**l) {
+            match self.open_file(&f.path, Access::Read) {
+                Ok(h) => h
+                    .set_permissions(std::fs::Permissions::from_mode(0o644))
+                    .map_err(io_err(&f.path))?,
+                Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every directory of the layout (parents before children).
+    fn directories(&self) -> std::collections::BTreeSet<&str> {
+        let mut all = std::collections::BTreeSet::new();
+        for f in self.layout.files() {
+            let mut p = f.path.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                if !all.insert(parent) {
+                    break;
+                }
+                p = parent;
+            }
+        }
+        all
+    }
+
+    /// Opens directory `path` of the revision, refusing symlinks.
+    fn open_dir(&self, path: &str) -> Result<File, StoreError> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        let fd = openat2(self.dir_fd.as_fd(), path, how).map_err(|e| self.open_error(path, e))?;
+        Ok(File::from(fd))
     }
 
     /// Makes the (moved) revision directory read-only, durably.
@@ -1100,6 +1250,98 @@ mod tests {
                     .unwrap()
                     .count(),
                 0
+            );
+        });
+    }
+
+    /// Whether the filesystem of `dir` takes `O_DIRECT`.
+    fn takes_direct_io(dir: &Path) -> bool {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(dir.join("direct-probe"))
+            .is_ok()
+    }
+
+    #[test]
+    fn big_chunks_in_aligned_memory_bypass_the_page_cache_small_ones_do_not() {
+        as_the_chart_runs_the_agent(|| {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = NodeStore::open(tmp.path().join("root")).unwrap();
+            let key = DatasetKey::new("ml", "llama").unwrap();
+            // 1 MiB chunks: two of the big file (the second 4 KiB short and
+            // not a whole number of blocks), one packing both small files.
+            let size = (2 << 20) - 4096 - 10;
+            let files = vec![
+                entry("big", size, "1"),
+                entry("s1", 3, "1"),
+                entry("s2", 5000, "1"),
+            ];
+            let l = Arc::new(ChunkLayout::new(files, 1 << 20).unwrap());
+            assert_eq!(l.chunk_count(), 3);
+            let rev = store.open_revision(&key, l.clone(), None).unwrap();
+            let pool = crate::chunkmem::BufferPool::new(1 << 20, 1);
+            let mut expected = Vec::new();
+            for i in 0..l.chunk_count() {
+                let mut buf = pool.take(l.chunk_len(i) as usize);
+                buf.iter_mut()
+                    .enumerate()
+                    .for_each(|(j, b)| *b = (j * 7 + i as usize) as u8);
+                expected.extend_from_slice(&buf);
+                rev.write_chunk(i, &buf).unwrap();
+                pool.give(buf);
+            }
+            let direct = if takes_direct_io(tmp.path()) {
+                // Both big-file chunks, less the second's partial block.
+                (1 << 20) + ((1 << 20) - 4096 - 4096)
+            } else {
+                0
+            };
+            assert_eq!(rev.bytes_written_direct(), direct);
+            store.publish(&rev).unwrap();
+            let path = store.dataset_path(&key);
+            let mut got = std::fs::read(path.join("big")).unwrap();
+            got.extend(std::fs::read(path.join("s1")).unwrap());
+            got.extend(std::fs::read(path.join("s2")).unwrap());
+            assert!(got == expected, "the published bytes differ");
+
+            // Memory that is not block-aligned goes through the page cache.
+            let key = DatasetKey::new("ml", "other").unwrap();
+            let rev = store.open_revision(&key, l.clone(), None).unwrap();
+            let off_by_one = vec![0u8; (1 << 20) + 1];
+            rev.write_chunk(0, &off_by_one[1..]).unwrap();
+            assert_eq!(rev.bytes_written_direct(), 0);
+        });
+    }
+
+    #[test]
+    fn a_seal_interrupted_before_the_move_is_undone_when_the_revision_reopens() {
+        as_the_chart_runs_the_agent(|| {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = NodeStore::open(tmp.path()).unwrap();
+            let key = DatasetKey::new("ml", "llama").unwrap();
+            let l = layout(vec![entry("a/b/c.bin", 200_000, "1"), entry("d", 10, "1")]);
+            let rev = store.open_revision(&key, l.clone(), None).unwrap();
+            fill(&rev, 1);
+            // The agent stops after sealing, before the move into place...
+            rev.seal().unwrap();
+            drop(rev);
+            // ...and its chunk log lost its records: every chunk is written
+            // again, into files and directories that sealing made read-only.
+            let rev = store.open_revision(&key, l.clone(), None).unwrap();
+            fill(&rev, 2);
+            store.publish(&rev).unwrap();
+            let path = store.dataset_path(&key);
+            let last = l.chunk_count() - 1;
+            assert_eq!(
+                std::fs::read(path.join("d")).unwrap(),
+                vec![2 + last as u8; 10]
+            );
+            let mode = |p: &str| std::fs::metadata(path.join(p)).unwrap().mode() & 0o777;
+            assert_eq!(
+                (mode("a/b/c.bin"), mode("a/b"), mode(".")),
+                (0o444, 0o555, 0o555)
             );
         });
     }

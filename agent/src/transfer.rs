@@ -30,6 +30,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::attest::{FetcherTable, Identity};
 use crate::board::{Board, ChunkSet, ScanOrder, help_margin};
+use crate::chunkmem::{BufferPool, ChunkBuf, RecentChunks};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::origin::{OriginClient, OriginError, OriginOptions};
 use crate::store::{ChunkRecord, DatasetKey, NodeStore, RevisionFiles};
@@ -50,6 +51,9 @@ pub struct TransferConfig {
     /// fewer while the origin is slow: see `RecentRate::origin_depth`).
     pub origin_chunk_concurrency: usize,
     pub origin: OriginOptions,
+    /// Memory per transfer for the chunks verified last, served to peers
+    /// from there rather than from disk (0: none).
+    pub peer_cache_bytes: u64,
 }
 
 impl Default for TransferConfig {
@@ -61,6 +65,7 @@ impl Default for TransferConfig {
             stall_timeout: Duration::from_secs(30),
             origin_chunk_concurrency: 16,
             origin: OriginOptions::default(),
+            peer_cache_bytes: 64 << 20,
         }
     }
 }
@@ -130,6 +135,10 @@ impl SessionError {
 
 /// Chunks of one peer session being verified at once.
 const VERIFY_SLOTS: usize = 3;
+
+/// Chunk buffers a transfer keeps for reuse beyond those in
+/// [`Transfer::recent`].
+const IDLE_BUFFERS: usize = 16;
 
 /// Requests one session keeps in flight however slow its peer: one being
 /// sent and one waiting keep the connection busy.
@@ -250,6 +259,10 @@ pub struct Transfer {
     banned: Mutex<HashSet<String>>,
     /// Copies of each chunk this node has begun sending to peers.
     uploads: Box<[AtomicU16]>,
+    /// Buffers for chunks on their way in, reused.
+    buffers: BufferPool,
+    /// The chunks verified last, kept to serve peers from memory.
+    recent: RecentChunks,
     started: Instant,
     /// Test-only fault switch: serve corrupted bytes.
     pub corrupt_serving: bool,
@@ -281,6 +294,8 @@ impl Transfer {
         let uploads = (0..layout.chunk_count())
             .map(|_| AtomicU16::new(0))
             .collect();
+        let buffers = BufferPool::new(layout.chunk_size() as usize, IDLE_BUFFERS);
+        let recent = RecentChunks::new(cfg.peer_cache_bytes);
         Ok(Arc::new(Self {
             key,
             files,
@@ -302,6 +317,8 @@ impl Transfer {
             last_seen: Mutex::new(HashMap::new()),
             banned: Mutex::new(HashSet::new()),
             uploads,
+            buffers,
+            recent,
             started: Instant::now(),
             corrupt_serving,
         }))
@@ -408,6 +425,11 @@ impl Transfer {
     pub fn served(&self, bytes: u64) {
         self.counters.served.fetch_add(bytes, Ordering::Relaxed);
         self.metrics.bytes_served.inc_by(bytes);
+    }
+
+    /// Of the bytes [`Self::served`], those sent from memory.
+    pub fn served_from_memory(&self, bytes: u64) {
+        self.metrics.bytes_served_from_memory.inc_by(bytes);
     }
 
     /// Applies a new plan for the same revision: peers, fetchers, limits.
@@ -938,10 +960,9 @@ impl Transfer {
         events: &mpsc::Sender<SessionEvent>,
     ) -> Result<(), SessionError> {
         let rev = self.revision();
-        // Chunks received but not yet verified, and their reusable buffers:
-        // bounds memory to VERIFY_SLOTS chunks per peer.
+        // Chunks received but not yet verified: bounds memory to
+        // VERIFY_SLOTS chunks per peer.
         let verify_slots = Arc::new(tokio::sync::Semaphore::new(VERIFY_SLOTS));
-        let pool: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
         loop {
             let (kind, len) = wire::read_header(&mut rd).await?;
             match kind {
@@ -1016,20 +1037,19 @@ impl Transfer {
                         .acquire_owned()
                         .await
                         .map_err(|_| SessionError::Protocol("session closing".into()))?;
-                    let mut buf = lock(&pool).pop().unwrap_or_default();
-                    buf.resize(data_len as usize, 0);
-                    wire::read_body(&mut rd, &mut buf).await?;
+                    let mut buf = self.buffers.take(data_len as usize);
+                    if let Err(e) = wire::read_body(&mut rd, &mut buf).await {
+                        self.buffers.give(buf);
+                        return Err(e.into());
+                    }
                     let this = self.clone();
                     let outstanding = outstanding.clone();
                     let events = events.clone();
-                    let pool = pool.clone();
                     tokio::task::spawn_blocking(move || {
-                        let result = this.verify_peer_chunk(index, &buf, &outstanding);
-                        let buf_len = buf.len() as u64;
-                        lock(&pool).push(buf);
+                        let result = this.verify_peer_chunk(index, buf, &outstanding);
                         drop(permit);
                         let event = match result {
-                            Ok(()) => SessionEvent::Resolved(buf_len),
+                            Ok(()) => SessionEvent::Resolved(data_len),
                             Err(e) => SessionEvent::Closed(Err(e)),
                         };
                         let _ = events.blocking_send(event);
@@ -1062,26 +1082,46 @@ impl Transfer {
     fn verify_peer_chunk(
         &self,
         index: u32,
-        data: &[u8],
+        data: ChunkBuf,
         outstanding: &Mutex<HashSet<u32>>,
     ) -> Result<(), SessionError> {
-        let digest = ChunkDigest::of(data);
+        let digest = ChunkDigest::of(&data);
         if lock(&self.board).expected(index) != Some(digest) {
+            self.buffers.give(data);
             return Err(SessionError::BadData(index));
         }
         // Not ours any more if the session ended meanwhile: its teardown
         // released the request already.
         let requested = lock(outstanding).remove(&index);
-        match self.claim_write(index) {
-            Some(_claim) => self.accept_peer_chunk(index, digest, data, requested),
-            None => {
-                // Endgame duplicate: already have it, or another writer does.
-                if requested {
-                    lock(&self.board).release(index);
-                }
-                Ok(())
+        let Some(_claim) = self.claim_write(index) else {
+            // Endgame duplicate: already have it, or another writer does.
+            if requested {
+                lock(&self.board).release(index);
             }
+            self.buffers.give(data);
+            return Ok(());
+        };
+        let accepted = self.accept_peer_chunk(index, digest, &data, requested);
+        self.keep_recent(index, data, accepted.is_ok());
+        accepted
+    }
+
+    /// Keeps a chunk just verified and written for the peers that will ask
+    /// for it (`written`), or hands its buffer back.
+    fn keep_recent(&self, index: u32, data: ChunkBuf, written: bool) {
+        let free = if written {
+            self.recent.insert(index, data)
+        } else {
+            vec![data]
+        };
+        for buf in free {
+            self.buffers.give(buf);
         }
+    }
+
+    /// Chunk `index` if it is among those verified last.
+    pub fn recent_chunk(&self, index: u32) -> Option<Arc<ChunkBuf>> {
+        self.recent.get(index)
     }
 
     /// The right to write chunk `index`, held until the chunk is committed
@@ -1215,7 +1255,7 @@ impl Transfer {
                 origin.read_range(file, s.file_offset..s.file_offset + s.len)
             });
             let parts = futures::future::try_join_all(reads).await?;
-            let mut data = Vec::with_capacity(self.layout.chunk_len(index) as usize);
+            let mut data = self.buffers.take(0);
             for p in parts {
                 data.extend_from_slice(&p);
             }
@@ -1233,14 +1273,18 @@ impl Transfer {
                     let Some(_claim) = this.claim_write(index) else {
                         // A peer delivered it meanwhile (this was a helper's read).
                         lock(&this.board).release(index);
+                        this.buffers.give(data);
                         return Ok(());
                     };
                     let digest = ChunkDigest::of(&data);
                     let record = this.identity.attest(&this.revision(), index, digest);
-                    this.files
+                    let written = this
+                        .files
                         .write_chunk(index, &data)
                         .map_err(SessionError::from)
-                        .and_then(|()| this.commit(record, "origin", data.len() as u64, true))
+                        .and_then(|()| this.commit(record, "origin", len, true));
+                    this.keep_recent(index, data, written.is_ok());
+                    written
                 })
                 .await
                 .unwrap_or_else(|e| Err(SessionError::Io(std::io::Error::other(e))));
@@ -1350,6 +1394,46 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_chunk_has_one_writer_at_a_time_and_none_once_complete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = crate::store::NodeStore::open(tmp.path().join("root")).unwrap();
+        let key = DatasetKey::new("ml", "x").unwrap();
+        let file = pb::FileEntry {
+            path: "f".into(),
+            size: 10,
+            etag: "1".into(),
+            ..Default::default()
+        };
+        let layout = Arc::new(ChunkLayout::new(vec![file], 64 * 1024).unwrap());
+        let files = store.open_revision(&key, layout, None).unwrap();
+        let identity = Identity::load_or_create(&tmp.path().join("key")).unwrap();
+        let transfer = Transfer::new(
+            key,
+            Arc::new(files),
+            &pb::Assignment::default(),
+            Arc::new(identity),
+            Metrics::register(&mut Default::default()),
+            Arc::default(),
+            false,
+        )
+        .unwrap();
+
+        let claim = transfer.claim_write(0).expect("nobody writes chunk 0");
+        // A duplicate (endgame, or the origin helper) finds it taken...
+        assert!(transfer.claim_write(0).is_none());
+        // ...until the writer gives up (a failed write).
+        drop(claim);
+        let claim = transfer.claim_write(0).expect("released");
+        let data = [7u8; 10];
+        transfer
+            .accept_peer_chunk(0, ChunkDigest::of(&data), &data, false)
+            .unwrap();
+        drop(claim);
+        // Complete: nobody writes it again.
+        assert!(transfer.claim_write(0).is_none());
+    }
 
     #[test]
     fn the_origin_reader_starts_with_one_chunk_and_follows_its_rate() {
