@@ -109,6 +109,11 @@ impl BufferPool {
         buf
     }
 
+    /// Frees the idle buffers.
+    pub fn clear(&self) {
+        lock(&self.idle).clear();
+    }
+
     pub fn give(&self, buf: ChunkBuf) {
         let mut idle = lock(&self.idle);
         if idle.len() < self.max_idle && buf.capacity() >= self.chunk_size {
@@ -165,6 +170,11 @@ impl RecentChunks {
             evicted.extend(Arc::into_inner(old));
         }
         evicted
+    }
+
+    /// Drops every chunk kept.
+    pub fn clear(&self) {
+        *lock(&self.inner) = Recent::default();
     }
 
     pub fn get(&self, index: u32) -> Option<Arc<ChunkBuf>> {

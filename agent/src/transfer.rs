@@ -140,6 +140,9 @@ const VERIFY_SLOTS: usize = 3;
 /// [`Transfer::recent`].
 const IDLE_BUFFERS: usize = 16;
 
+/// How long a published transfer keeps the chunks it verified last.
+const RECENT_AFTER_READY: Duration = Duration::from_secs(30);
+
 /// Requests one session keeps in flight however slow its peer: one being
 /// sent and one waiting keep the connection busy.
 const MIN_DEPTH: usize = 2;
@@ -654,6 +657,17 @@ impl Transfer {
                     "published"
                 );
                 *lock(&self.phase) = Phase::Ready;
+                // Peers still filling up ask for the last chunks now; after
+                // that they are sent from disk, and the memory goes back.
+                let this = self.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(RECENT_AFTER_READY) => {}
+                        _ = this.cancel.cancelled() => {}
+                    }
+                    this.recent.clear();
+                    this.buffers.clear();
+                });
             }
             Ok(Err(e)) => self.fail(e.reason(), e.to_string()),
             Err(e) => self.fail("Internal", e.to_string()),
@@ -1101,22 +1115,28 @@ impl Transfer {
             self.buffers.give(data);
             return Ok(());
         };
-        let accepted = self.accept_peer_chunk(index, digest, &data, requested);
-        self.keep_recent(index, data, accepted.is_ok());
-        accepted
+        self.accept_peer_chunk(index, digest, data, requested)
     }
 
-    /// Keeps a chunk just verified and written for the peers that will ask
-    /// for it (`written`), or hands its buffer back.
-    fn keep_recent(&self, index: u32, data: ChunkBuf, written: bool) {
-        let free = if written {
-            self.recent.insert(index, data)
-        } else {
-            vec![data]
-        };
-        for buf in free {
+    /// Writes a verified chunk, keeps it in memory for the peers that will
+    /// ask for it, and announces it (in that order, so that they find it
+    /// there).
+    fn store_chunk(
+        &self,
+        record: ChunkRecord,
+        data: ChunkBuf,
+        source: &'static str,
+        requested: bool,
+    ) -> Result<(), SessionError> {
+        if let Err(e) = self.files.write_chunk(record.index, &data) {
+            self.buffers.give(data);
+            return Err(e.into());
+        }
+        let len = data.len() as u64;
+        for buf in self.recent.insert(record.index, data) {
             self.buffers.give(buf);
         }
+        self.commit(record, source, len, requested)
     }
 
     /// Chunk `index` if it is among those verified last.
@@ -1144,7 +1164,7 @@ impl Transfer {
         &self,
         index: u32,
         digest: ChunkDigest,
-        data: &[u8],
+        data: ChunkBuf,
         requested: bool,
     ) -> Result<(), SessionError> {
         // Re-announce it with the fetcher's attestation we accepted.
@@ -1153,8 +1173,7 @@ impl Transfer {
             .filter(|r| r.digest == digest);
         let record =
             attestation.unwrap_or_else(|| self.identity.attest(&self.revision(), index, digest));
-        self.files.write_chunk(index, data)?;
-        self.commit(record, "peer", data.len() as u64, requested)
+        self.store_chunk(record, data, "peer", requested)
     }
 
     fn commit(
@@ -1278,13 +1297,7 @@ impl Transfer {
                     };
                     let digest = ChunkDigest::of(&data);
                     let record = this.identity.attest(&this.revision(), index, digest);
-                    let written = this
-                        .files
-                        .write_chunk(index, &data)
-                        .map_err(SessionError::from)
-                        .and_then(|()| this.commit(record, "origin", len, true));
-                    this.keep_recent(index, data, written.is_ok());
-                    written
+                    this.store_chunk(record, data, "origin", true)
                 })
                 .await
                 .unwrap_or_else(|e| Err(SessionError::Io(std::io::Error::other(e))));
@@ -1426,10 +1439,16 @@ mod tests {
         // ...until the writer gives up (a failed write).
         drop(claim);
         let claim = transfer.claim_write(0).expect("released");
-        let data = [7u8; 10];
+        let mut data = ChunkBuf::with_capacity(10);
+        data.extend_from_slice(&[7; 10]);
         transfer
-            .accept_peer_chunk(0, ChunkDigest::of(&data), &data, false)
+            .accept_peer_chunk(0, ChunkDigest::of(&data), data, false)
             .unwrap();
+        // Kept in memory for peers.
+        assert_eq!(
+            transfer.recent_chunk(0).as_deref().map(|b| &b[..]),
+            Some(&[7u8; 10][..])
+        );
         drop(claim);
         // Complete: nobody writes it again.
         assert!(transfer.claim_write(0).is_none());

@@ -115,8 +115,9 @@ pub struct DatasetSpec {
 
     /// The chunk size: the unit fetched, verified and exchanged between
     /// nodes. A power of two from 64Ki to 256Mi, in bytes or as a quantity
-    /// (`4Mi`). Default: 1Mi, larger for big datasets (at most 16384
-    /// chunks, up to 64Mi).
+    /// (`4Mi`). Default: 1Mi from 1Gi to 16Gi of data; smaller below (about
+    /// 1024 chunks, at least 256Ki), larger above (at most 16384 chunks, up
+    /// to 64Mi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxLength" = 16))]
     #[schemars(extend("x-kubernetes-validations" = [{

@@ -112,12 +112,23 @@ pub fn published_mode(listed: u32) -> u32 {
     if m == 0 { 0o444 } else { m | 0o444 }
 }
 
-/// The default chunk size for a dataset of `total_bytes`: the smallest
-/// power of two of at least 1 MiB that keeps the chunk count at or below
-/// 16,384 (so 16 GiB at 1 MiB, 100 GiB at 8 MiB), at most 64 MiB.
+/// The default chunk size for a dataset of `total_bytes`: 1 MiB from 1 GiB
+/// to 16 GiB; below, small enough for about 1,024 chunks, down to 256 KiB
+/// (256 MiB); above, the smallest power of two that keeps the chunk count
+/// at or below 16,384 (100 GiB at 8 MiB), at most 64 MiB.
+///
+/// A chunk moves whole from hop to hop, so the swarm fills and drains in a
+/// few chunk times per hop: small chunks keep that short against the whole
+/// transfer where the dataset is small, large ones keep the per-chunk work
+/// and bookkeeping low where it is big.
 pub fn default_chunk_size(total_bytes: u64) -> u64 {
-    let mut size = 1 << 20;
-    while size < (64 << 20) && total_bytes.div_ceil(size) > 16_384 {
+    const MIN: u64 = 256 << 10;
+    const MAX: u64 = 64 << 20;
+    let mut size = MIN;
+    while size < (1 << 20) && total_bytes.div_ceil(size) > 1024 {
+        size <<= 1;
+    }
+    while size < MAX && total_bytes.div_ceil(size) > 16_384 {
         size <<= 1;
     }
     size
@@ -352,8 +363,11 @@ mod tests {
 
     #[test]
     fn default_chunk_size_scales_with_the_dataset() {
-        assert_eq!(default_chunk_size(0), MIB);
-        assert_eq!(default_chunk_size(512 * MIB), MIB);
+        assert_eq!(default_chunk_size(0), MIB / 4);
+        assert_eq!(default_chunk_size(256 * MIB), MIB / 4);
+        assert_eq!(default_chunk_size(256 * MIB + 1), MIB / 2);
+        assert_eq!(default_chunk_size(512 * MIB), MIB / 2);
+        assert_eq!(default_chunk_size(1024 * MIB), MIB);
         assert_eq!(default_chunk_size(16 * 1024 * MIB), MIB);
         assert_eq!(default_chunk_size(100 * 1024 * MIB), 8 * MIB);
         assert_eq!(default_chunk_size(u64::MAX / 2), 64 * MIB);
