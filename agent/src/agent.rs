@@ -1,6 +1,7 @@
 //! The agent: every dataset this node holds, and the operations the
 //! operator drives over the control API. Each operation is idempotent.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,10 +97,6 @@ pub struct Agent {
     datasets: Mutex<HashMap<DatasetKey, Slot>>,
     ops: tokio::sync::Mutex<()>,
     ready: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Agent {

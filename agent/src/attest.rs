@@ -140,17 +140,10 @@ impl FetcherTable {
     /// What the fetcher `key` needs to help the others (`None` if the plan
     /// does not name it).
     pub fn helper_view(&self, key: &[u8; 32]) -> Option<HelperView> {
-        let rank = self.fetchers.iter().position(|(_, k, _)| k == key)?;
-        let others = self
-            .fetchers
-            .iter()
-            .filter(|(_, k, _)| k != key)
-            .flat_map(|(_, _, r)| r.iter().copied())
-            .collect();
+        let me = self.fetchers.iter().position(|(_, k, _)| k == key)?;
         Some(HelperView {
-            rank: rank as u32,
-            fetchers: self.fetchers.len() as u32,
-            others,
+            me,
+            fetchers: self.fetchers.iter().map(|(_, _, r)| r.clone()).collect(),
         })
     }
 }
@@ -159,11 +152,9 @@ impl FetcherTable {
 pub struct HelperView {
     /// Its position among the fetchers (the same on every agent following
     /// the plan).
-    pub rank: u32,
-    /// How many fetchers the plan names.
-    pub fetchers: u32,
-    /// Every other fetcher's ranges.
-    pub others: Vec<(u32, u32)>,
+    pub me: usize,
+    /// Every fetcher's ranges, in plan order.
+    pub fetchers: Vec<Vec<(u32, u32)>>,
 }
 
 #[cfg(test)]

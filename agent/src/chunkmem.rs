@@ -10,6 +10,7 @@
 //! of hundreds of GiB; on virtual machines whose host takes freed memory
 //! back, it spares the cost of faulting in a new page for every byte.
 
+use crate::lock;
 use std::collections::{HashMap, VecDeque};
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
@@ -185,10 +186,6 @@ impl RecentChunks {
     pub fn bytes(&self) -> u64 {
         lock(&self.inner).bytes
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -20,3 +20,9 @@ pub mod store;
 pub mod transfer;
 pub mod wire;
 pub mod writeback;
+
+/// Locks `m`, even when a thread panicked while holding it: one failed
+/// task must not take the node's other datasets down with it.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

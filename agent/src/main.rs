@@ -70,9 +70,9 @@ struct Args {
     origin_retries: u32,
 
     /// Most chunks one dataset reads from the origin at a time (and at most
-    /// 64 MiB). The agent starts with one and keeps about a quarter second
-    /// of its measured origin rate in flight: more requests help only when
-    /// the origin's latency, not its bandwidth, is the limit.
+    /// 64 MiB). The agent keeps two in flight, or about a quarter second of
+    /// its measured origin rate if that is more: more requests help only
+    /// when the origin's latency, not its bandwidth, is the limit.
     #[arg(long, env = "SWARMSEED_ORIGIN_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
     origin_concurrency: u16,
 
@@ -98,7 +98,8 @@ struct Args {
     /// Peers ask for a chunk soon after this node announces it; from here
     /// it is sent without a disk read. Chunks of big files are written to
     /// disk bypassing the page cache, so without this memory every chunk
-    /// served would be read back from disk. 0 turns it off.
+    /// served would be read back from disk. Released 30 s after the
+    /// dataset is published. 0 turns it off.
     #[arg(long, env = "SWARMSEED_PEER_CACHE_MIB", default_value_t = 64)]
     peer_cache_mib: u32,
 

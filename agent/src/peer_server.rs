@@ -5,6 +5,7 @@
 //! dataset's peer token (a MAC over a fresh nonce) before it learns
 //! anything.
 
+use crate::lock;
 use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,11 @@ pub trait TransferLookup: Send + Sync + 'static {
 /// Most requests a client may queue on one connection.
 const MAX_QUEUED: usize = 64;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Unsent bytes a connection's socket holds at most (see
+/// [`wire::set_unsent_limit`]): announcements reach a peer soon after the
+/// chunk is verified here, even while pieces queue for it.
+const UNSENT_LIMIT: usize = 64 * 1024;
 
 pub async fn serve(
     listener: TcpListener,
@@ -67,6 +73,7 @@ pub async fn serve(
 
 async fn connection(stream: TcpStream, lookup: Arc<dyn TransferLookup>) -> io::Result<()> {
     stream.set_nodelay(true)?;
+    wire::set_unsent_limit(&stream, UNSENT_LIMIT)?;
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
 
@@ -146,10 +153,6 @@ enum Outgoing {
 }
 
 type Queue = (Mutex<VecDeque<Outgoing>>, Notify);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 async fn read_requests(
     mut rd: BufReader<tokio::net::tcp::OwnedReadHalf>,

@@ -18,6 +18,7 @@
 //! RESOLVE_NO_SYMLINKS)`, so no listed path can reach outside it, even
 //! through a symlink planted on the disk.
 
+use crate::lock;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -549,10 +550,6 @@ impl NodeStore {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// How [`RevisionFiles::open_file`] opens a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
@@ -703,11 +700,7 @@ impl RevisionFiles {
             }
             // Refuse a component that is not a real directory (a symlink
             // planted in its place).
-            let how = OpenHow::new()
-                .flags(OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-            openat2(self.dir_fd.as_fd(), prefix.as_str(), how)
-                .map_err(|e| self.open_error(path, e))?;
+            self.open_dir(&prefix, path)?;
             done.insert(prefix.clone());
         }
         Ok(())
@@ -928,7 +921,7 @@ impl RevisionFiles {
         // Directories: fsync (entries are durable) and read-only, deepest
         // first.
         for d in self.directories().iter().rev() {
-            let dir = self.open_dir(d)?;
+            let dir = self.open_dir(d, d)?;
             if !whole_fs {
                 dir.sync_all().map_err(io_err(d))?;
             }
@@ -981,7 +974,7 @@ impl RevisionFiles {
         }
         tracing::info!(dataset = %self.key, "reopening a staging tree sealed before a restart");
         for d in self.directories() {
-            self.open_dir(d)?
+            self.open_dir(d, d)?
                 .set_permissions(std::fs::Permissions::from_mode(0o755))
                 .map_err(io_err(d))?;
         }
@@ -1012,12 +1005,13 @@ impl RevisionFiles {
         all
     }
 
-    /// Opens directory `path` of the revision, refusing symlinks.
-    fn open_dir(&self, path: &str) -> Result<File, StoreError> {
+    /// Opens directory `path` of the revision, refusing symlinks; an error
+    /// names `named` (the listing entry being made, for a parent).
+    fn open_dir(&self, path: &str, named: &str) -> Result<File, StoreError> {
         let how = OpenHow::new()
             .flags(OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
             .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-        let fd = openat2(self.dir_fd.as_fd(), path, how).map_err(|e| self.open_error(path, e))?;
+        let fd = openat2(self.dir_fd.as_fd(), path, how).map_err(|e| self.open_error(named, e))?;
         Ok(File::from(fd))
     }
 

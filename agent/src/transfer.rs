@@ -14,6 +14,7 @@
 //! [`crate::attest`]). A peer that sends a chunk that does not match is
 //! dropped for the rest of the transfer.
 
+use crate::lock;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, trace, warn};
 
 use crate::attest::{FetcherTable, Identity};
 use crate::board::{Board, ChunkSet, ScanOrder, help_margin};
@@ -211,15 +212,16 @@ impl RecentRate {
     }
 
     /// Chunks the origin reader keeps in flight: [`QUEUE_TIME`] of its
-    /// measured rate, at least one. It starts at one and grows only while
-    /// the origin delivers faster than one chunk per [`QUEUE_TIME`]: when
-    /// the origin link is the limit, several requests at once only make
-    /// every chunk arrive later, and a chunk can be passed on to peers only
-    /// once all of it has arrived; when the origin's latency is the limit
-    /// (a cloud object store), more requests in flight raise the rate.
+    /// measured rate, and at least two, so that the next read is already
+    /// on its way while one finishes. Where the origin's link is the limit,
+    /// every fetcher then keeps the same two reads in flight and gets about
+    /// the same share of it (a fetcher with more reads in flight would get
+    /// more, and finish its ranges early while others lag). Where the
+    /// origin's latency is the limit (a cloud object store), more reads in
+    /// flight raise the rate, and the depth grows with it.
     fn origin_depth(&mut self, now: Instant, max: usize, chunk_size: u64) -> usize {
         let (per_sec, _) = self.per_sec(now);
-        (Self::queued(per_sec, chunk_size).ceil() as usize).clamp(1, max.max(1))
+        (Self::queued(per_sec, chunk_size).ceil() as usize).clamp(MIN_DEPTH.min(max), max.max(1))
     }
 }
 
@@ -269,10 +271,6 @@ pub struct Transfer {
     started: Instant,
     /// Test-only fault switch: serve corrupted bytes.
     pub corrupt_serving: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Transfer {
@@ -1228,8 +1226,19 @@ impl Transfer {
                 in_flight += 1;
                 let this = self.clone();
                 let done_tx = done_tx.clone();
+                let help = own.is_none();
                 tokio::spawn(async move {
-                    let _ = done_tx.send(this.fetch_origin_chunk(i).await);
+                    let start = Instant::now();
+                    let bytes = this.fetch_origin_chunk(i).await;
+                    trace!(
+                        chunk = i,
+                        help,
+                        depth,
+                        bytes,
+                        ms = start.elapsed().as_millis() as u64,
+                        "origin read"
+                    );
+                    let _ = done_tx.send(bytes);
                 });
             }
             if in_flight == 0 && lock(&self.board).is_complete() {
@@ -1255,7 +1264,7 @@ impl Transfer {
         let view = lock(&self.plan)
             .fetchers
             .helper_view(&self.identity.public_key())?;
-        lock(&self.board).pick_help(&view.others, view.rank, view.fetchers, help_margin(depth))
+        lock(&self.board).pick_help(&view.fetchers, view.me, help_margin(depth))
     }
 
     /// Reads, verifies and writes one chunk from the origin; the bytes it
@@ -1455,15 +1464,15 @@ mod tests {
     }
 
     #[test]
-    fn the_origin_reader_starts_with_one_chunk_and_follows_its_rate() {
+    fn the_origin_reader_keeps_two_chunks_in_flight_and_follows_its_rate() {
         let t0 = Instant::now();
         let mut rate = RecentRate::new(t0);
-        assert_eq!(rate.origin_depth(t0, 16, MIB), 1);
+        assert_eq!(rate.origin_depth(t0, 16, MIB), 2);
         // A link shared by many: a chunk per 1.3 s is far less than a chunk
-        // per QUEUE_TIME, so one read at a time.
+        // per QUEUE_TIME, so two reads at a time.
         let t = t0 + Duration::from_millis(1300);
         rate.record(t, MIB);
-        assert_eq!(rate.origin_depth(t, 16, MIB), 1);
+        assert_eq!(rate.origin_depth(t, 16, MIB), 2);
         // A latency-bound origin: a chunk per 50 ms is five per QUEUE_TIME.
         let mut rate = RecentRate::new(t0);
         let t = t0 + Duration::from_millis(50);
@@ -1472,7 +1481,9 @@ mod tests {
         // ... and at most `max`.
         assert_eq!(rate.origin_depth(t, 3, MIB), 3);
         // What left the window no longer counts.
-        assert_eq!(rate.origin_depth(t + RATE_WINDOW * 2, 16, MIB), 1);
+        assert_eq!(rate.origin_depth(t + RATE_WINDOW * 2, 16, MIB), 2);
+        // A concurrency limit of one is kept.
+        assert_eq!(rate.origin_depth(t, 1, MIB), 1);
     }
 
     #[test]

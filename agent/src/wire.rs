@@ -141,16 +141,46 @@ pub async fn read_body(rd: &mut BufReader<OwnedReadHalf>, buf: &mut [u8]) -> io:
 /// `setsockopt(TCP_CONGESTION)`. On a listening socket it applies to every
 /// connection accepted from it.
 pub fn set_congestion_control(sock: &impl AsRawFd, name: &str) -> io::Result<()> {
+    setsockopt(
+        sock,
+        libc::IPPROTO_TCP,
+        libc::TCP_CONGESTION,
+        name.as_bytes(),
+    )
+}
+
+/// `setsockopt(TCP_NOTSENT_LOWAT)`: the socket takes more data only while
+/// less than `bytes` of what it holds is still unsent. What a server
+/// writes after a long piece (an announcement) then waits behind at most
+/// that much, not behind a send buffer of megabytes at the peer's share of
+/// a slow link.
+pub fn set_unsent_limit(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    setsockopt(
+        sock,
+        libc::IPPROTO_TCP,
+        libc::TCP_NOTSENT_LOWAT,
+        &value.to_ne_bytes(),
+    )
+}
+
+fn setsockopt(
+    sock: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &[u8],
+) -> io::Result<()> {
     // SAFETY: a plain system call on a socket that `sock` keeps open for
-    // the duration of the call; `name` outlives it and its length is passed.
+    // the duration of the call; `value` outlives it and its length is
+    // passed.
     #[allow(unsafe_code)]
     let rc = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CONGESTION,
-            name.as_ptr().cast(),
-            name.len() as libc::socklen_t,
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
         )
     };
     if rc == 0 {
@@ -189,23 +219,12 @@ pub fn congestion_control(sock: &impl AsRawFd) -> io::Result<String> {
 /// window is nearly closed, so a mark never stalls a stream.
 fn set_low_water(sock: &TcpStream, bytes: usize) -> io::Result<()> {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: a plain system call on a socket that `sock` keeps open for
-    // the duration of the call; `value` outlives it and its size is passed.
-    #[allow(unsafe_code)]
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    setsockopt(
+        sock,
+        libc::SOL_SOCKET,
+        libc::SO_RCVLOWAT,
+        &value.to_ne_bytes(),
+    )
 }
 
 pub fn encode_haves(records: &[ChunkRecord]) -> Vec<u8> {
