@@ -7,6 +7,7 @@
 //! holds, not yet verified and not in flight; once everything left is in
 //! flight (endgame), a chunk may be requested from a second peer.
 
+use std::collections::HashSet;
 use swarmseed_proto::ChunkDigest;
 
 use crate::store::ChunkRecord;
@@ -240,8 +241,16 @@ impl Board {
     /// in flight, rarest first (ties broken by
     /// the session's scan `order`). With `skip_sole`, chunks no other peer
     /// holds are passed over. In endgame (nothing else left) a chunk in
-    /// flight elsewhere may be picked once more. Marks the pick in flight.
-    pub fn pick(&mut self, peer_has: &ChunkSet, order: ScanOrder, skip_sole: bool) -> Option<u32> {
+    /// flight elsewhere may be picked once more, but never one in `asked`,
+    /// the chunks this session has requested already: its peer would send
+    /// it twice. Marks the pick in flight.
+    pub fn pick(
+        &mut self,
+        peer_has: &ChunkSet,
+        order: ScanOrder,
+        skip_sole: bool,
+        asked: &HashSet<u32>,
+    ) -> Option<u32> {
         let n = self.chunk_count();
         if n == 0 {
             return None;
@@ -257,7 +266,10 @@ impl Board {
                 continue;
             }
             if self.inflight[i as usize] > 0 {
-                if endgame.is_none() && self.inflight[i as usize] < ENDGAME_DUPLICATES {
+                if endgame.is_none()
+                    && self.inflight[i as usize] < ENDGAME_DUPLICATES
+                    && !asked.contains(&i)
+                {
                     endgame = Some(i);
                 }
                 continue;
@@ -313,6 +325,15 @@ impl Board {
             || self.availability[i as usize] > 0
     }
 
+    /// Whether every chunk of `ranges` is vouched for: a fetcher with these
+    /// ranges is done with them.
+    pub fn all_vouched(&self, ranges: &[(u32, u32)]) -> bool {
+        let n = self.chunk_count();
+        ranges
+            .iter()
+            .all(|&(s, e)| (s..e.min(n)).all(|i| self.vouched(i)))
+    }
+
     /// A chunk of another fetcher's ranges for this node to read from the
     /// origin, once its own are all done or in flight. `fetchers` holds
     /// every fetcher's ranges in plan order, this node's at `me`.
@@ -335,14 +356,9 @@ impl Board {
         margin: usize,
     ) -> Option<u32> {
         let n = self.chunk_count();
-        let done = |b: &Self, ranges: &[(u32, u32)]| {
-            ranges
-                .iter()
-                .all(|&(s, e)| (s..e.min(n)).all(|i| b.vouched(i)))
-        };
         // This node helps only once the others can tell: while its own
         // last reads are in flight it would count itself and they would not.
-        let helping: Vec<bool> = fetchers.iter().map(|r| done(self, r)).collect();
+        let helping: Vec<bool> = fetchers.iter().map(|r| self.all_vouched(r)).collect();
         if !helping.get(me).copied().unwrap_or(false) {
             return None;
         }
@@ -396,8 +412,7 @@ fn splitmix64(x: u64) -> u64 {
 /// range's own fetcher, for a helper that keeps `depth` origin reads in
 /// flight. Helpers cannot see the fetcher's reads in flight, but it reads
 /// the same origin about as fast as they do: about `depth` at once, and
-/// `depth` more before a helper's read is announced. (With `depth + 1`,
-/// the bench's 16 fetchers read 3 % of the chunks twice.)
+/// `depth` more before a helper's read is announced.
 pub fn help_margin(depth: usize) -> usize {
     2 * depth + 1
 }
@@ -405,6 +420,11 @@ pub fn help_margin(depth: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+
+    /// `Board::pick` in plan order, no chunks skipped, none asked before.
+    fn pick_seq(b: &mut Board, has: &ChunkSet) -> Option<u32> {
+        b.pick(has, ScanOrder::SEQUENTIAL, false, &HashSet::new())
+    }
 
     use super::*;
 
@@ -435,16 +455,10 @@ mod tests {
         for i in [0, 1, 3, 0, 1, 3, 0, 1, 2, 3] {
             b.peer_gained(i);
         }
-        assert_eq!(
-            b.pick(&set(4, &[0, 1, 2, 3]), ScanOrder::SEQUENTIAL, false),
-            Some(2)
-        );
+        assert_eq!(pick_seq(&mut b, &set(4, &[0, 1, 2, 3])), Some(2));
         assert_eq!(b.inflight(2), 1);
         // Next pick skips the in-flight chunk.
-        assert_eq!(
-            b.pick(&set(4, &[2, 3]), ScanOrder::SEQUENTIAL, false),
-            Some(3)
-        );
+        assert_eq!(pick_seq(&mut b, &set(4, &[2, 3])), Some(3));
     }
 
     #[test]
@@ -453,10 +467,7 @@ mod tests {
         b.learn(rec(1));
         b.learn(rec(2));
         assert!(b.complete(rec(2)));
-        assert_eq!(
-            b.pick(&set(3, &[0, 1, 2]), ScanOrder::SEQUENTIAL, false),
-            Some(1)
-        );
+        assert_eq!(pick_seq(&mut b, &set(3, &[0, 1, 2])), Some(1));
         assert_eq!(b.remaining(), 2);
         assert!(!b.complete(rec(2)), "duplicate completion is reported");
     }
@@ -467,13 +478,26 @@ mod tests {
         b.learn(rec(0));
         b.learn(rec(1));
         let all = set(2, &[0, 1]);
-        assert!(b.pick(&all, ScanOrder::SEQUENTIAL, false).is_some());
-        assert!(b.pick(&all, ScanOrder::SEQUENTIAL, false).is_some());
+        assert!(pick_seq(&mut b, &all).is_some());
+        assert!(pick_seq(&mut b, &all).is_some());
         // Everything missing is in flight: endgame picks a duplicate...
-        assert!(b.pick(&all, ScanOrder::SEQUENTIAL, false).is_some());
-        assert!(b.pick(&all, ScanOrder::SEQUENTIAL, false).is_some());
+        assert!(pick_seq(&mut b, &all).is_some());
+        assert!(pick_seq(&mut b, &all).is_some());
         // ...but no more than two requests per chunk.
-        assert_eq!(b.pick(&all, ScanOrder::SEQUENTIAL, false), None);
+        assert_eq!(pick_seq(&mut b, &all), None);
+    }
+
+    #[test]
+    fn endgame_never_asks_one_peer_twice_for_a_chunk() {
+        let mut b = Board::new(1);
+        b.learn(rec(0));
+        let all = set(1, &[0]);
+        let asked: HashSet<u32> = [0].into();
+        assert_eq!(pick_seq(&mut b, &all), Some(0));
+        // In endgame, but this session asked for chunk 0 already.
+        assert_eq!(b.pick(&all, ScanOrder::SEQUENTIAL, false, &asked), None);
+        // Another session may ask its peer.
+        assert_eq!(pick_seq(&mut b, &all), Some(0));
     }
 
     #[test]
@@ -483,7 +507,7 @@ mod tests {
         b.assign_origin(0);
         b.assign_origin(1);
         assert_eq!(
-            b.pick(&set(2, &[0]), ScanOrder::SEQUENTIAL, false),
+            pick_seq(&mut b, &set(2, &[0])),
             None,
             "no peer: origin's job"
         );
@@ -493,7 +517,7 @@ mod tests {
         b.release(0);
         b.peer_gained(0);
         assert_eq!(b.pick_origin(), None, "a peer has it now");
-        assert_eq!(b.pick(&set(2, &[0]), ScanOrder::SEQUENTIAL, false), Some(0));
+        assert_eq!(pick_seq(&mut b, &set(2, &[0])), Some(0));
     }
 
     #[test]
@@ -507,9 +531,15 @@ mod tests {
             b.peer_gained(i);
         }
         let has = set(3, &[0, 1]);
-        assert_eq!(b.pick(&has, ScanOrder::SEQUENTIAL, true), Some(1));
-        assert_eq!(b.pick(&has, ScanOrder::SEQUENTIAL, true), None);
-        assert_eq!(b.pick(&has, ScanOrder::SEQUENTIAL, false), Some(0));
+        assert_eq!(
+            b.pick(&has, ScanOrder::SEQUENTIAL, true, &HashSet::new()),
+            Some(1)
+        );
+        assert_eq!(
+            b.pick(&has, ScanOrder::SEQUENTIAL, true, &HashSet::new()),
+            None
+        );
+        assert_eq!(pick_seq(&mut b, &has), Some(0));
     }
 
     #[test]
