@@ -335,7 +335,7 @@ impl Board {
     }
 
     /// A chunk of another fetcher's ranges for this node to read from the
-    /// origin, once its own are all done or in flight. `fetchers` holds
+    /// origin, once its own are all vouched for. `fetchers` holds
     /// every fetcher's ranges in plan order, this node's at `me`.
     ///
     /// Fetchers read their ranges front to back, and on shared links some
