@@ -286,8 +286,18 @@ const LABEL_WRITES_IN_FLIGHT: usize = 16;
 /// seeding at once a new Dataset waits for a slot.
 const CONCURRENT_RECONCILES: u16 = 32;
 
-/// Fills a cache of `api`'s objects (those `config` selects) until aborted.
-fn cache<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, tokio::task::JoinHandle<()>)
+/// Fills a cache of `api`'s objects (those `config` selects) until aborted,
+/// and wakes the controller through `wake` after each change for which
+/// `matters` says yes (and after every relist). A wake-up is sent only
+/// once the cache holds the change, so the reconcile it causes sees it; a
+/// second watch of the same objects for the controller would race this
+/// cache, and a reconcile could read the state from before the change.
+fn cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    wake: futures::channel::mpsc::Sender<()>,
+    mut matters: impl FnMut(&K) -> bool + Send + 'static,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -302,7 +312,19 @@ where
         .default_backoff()
         .modify(|o: &mut K| o.managed_fields_mut().clear())
         .reflect(writer)
-        .for_each(|_| futures::future::ready(()));
+        .for_each(move |event| {
+            let changed = match &event {
+                Ok(watcher::Event::Apply(o)) => matters(o),
+                Ok(watcher::Event::Delete(_) | watcher::Event::InitDone) => true,
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) | Err(_) => false,
+            };
+            if changed {
+                // A full channel already holds a wake-up that is yet to be
+                // taken, and the reconciles it causes will see this change.
+                let _ = wake.clone().try_send(());
+            }
+            futures::future::ready(())
+        });
     (reader, tokio::spawn(feed))
 }
 
@@ -313,8 +335,21 @@ pub async fn run(ctx: Arc<Context>) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ctx.settings.agent_namespace);
     let nodes: Api<Node> = Api::all(client.clone());
     let agents = watcher::Config::default().labels(AGENT_SELECTOR);
-    let (node_cache, node_feed) = cache(nodes.clone(), watcher::Config::default());
-    let (pod_cache, pod_feed) = cache(pods.clone(), agents.clone());
+    // Any agent Pod change may change any Dataset's node set; so may a Node
+    // change, except the operator's own Dataset labels (which would
+    // otherwise requeue every Dataset once per node labelled).
+    let (wake, woken) = futures::channel::mpsc::channel(1);
+    let mut seen = HashMap::new();
+    let (node_cache, node_feed) = cache(
+        nodes,
+        watcher::Config::default(),
+        wake.clone(),
+        move |node: &Node| {
+            let key = selection_key(node);
+            seen.insert(node.name_any(), key) != Some(key)
+        },
+    );
+    let (pod_cache, pod_feed) = cache(pods, agents, wake, |_: &Pod| true);
     for (what, ready) in [
         ("nodes", node_cache.wait_until_ready().await),
         ("agent pods", pod_cache.wait_until_ready().await),
@@ -334,36 +369,9 @@ pub async fn run(ctx: Arc<Context>) {
     {
         tracing::warn!("the controller was started twice on one context");
     }
-    let controller = Controller::new(datasets, watcher::Config::default())
-        .with_config(ControllerConfig::default().concurrency(CONCURRENT_RECONCILES));
-    let store = controller.store();
-    let all = move |store: &Store<Dataset>| {
-        store
-            .state()
-            .iter()
-            .map(|d| ObjectRef::from_obj(&**d))
-            .collect::<Vec<_>>()
-    };
-    let (s1, s2) = (store.clone(), store);
-    // Any agent Pod change may change any Dataset's node set; so may a Node
-    // change, except the operator's own Dataset labels (which would
-    // otherwise requeue every Dataset once per node labelled).
-    let seen = Mutex::new(HashMap::new());
-    controller
-        .watches(pods, agents, move |_| all(&s1))
-        .watches(nodes, watcher::Config::default(), move |node: Node| {
-            let key = selection_key(&node);
-            let mut seen = seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if seen.insert(node.name_any(), key) == Some(key) {
-                return Vec::new();
-            }
-            s2.state()
-                .iter()
-                .map(|d| ObjectRef::from_obj(&**d))
-                .collect::<Vec<_>>()
-        })
+    Controller::new(datasets, watcher::Config::default())
+        .with_config(ControllerConfig::default().concurrency(CONCURRENT_RECONCILES))
+        .reconcile_all_on(woken)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
@@ -1007,6 +1015,50 @@ mod tests {
             ..NodeSpec::default()
         });
         n
+    }
+
+    /// The controller is woken only once the cache holds the change: a
+    /// reconcile must never see the node as it was before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wake_up_comes_after_the_cache_holds_the_change() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let server = kube_standin::ApiServer::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let client = server.client().await.unwrap();
+        let nodes: Api<Node> = Api::all(client);
+        nodes
+            .create(&Default::default(), &node(&[("step", "0")], &[]))
+            .await
+            .unwrap();
+        let (wake, mut woken) = futures::channel::mpsc::channel(1);
+        let (store, feed) = cache(nodes.clone(), watcher::Config::default(), wake, |_| true);
+        store.wait_until_ready().await.unwrap();
+        let step = |store: &Store<Node>| {
+            store
+                .state()
+                .first()
+                .and_then(|n| n.labels().get("step").cloned())
+        };
+        assert_eq!(step(&store).as_deref(), Some("0"));
+        woken.next().await.unwrap(); // the first list
+        for i in 1..=20 {
+            let patch = serde_json::json!({ "metadata": { "labels": { "step": i.to_string() } } });
+            nodes
+                .patch("gpu-1", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(10), woken.next())
+                .await
+                .expect("a wake-up for the change")
+                .unwrap();
+            assert_eq!(
+                step(&store),
+                Some(i.to_string()),
+                "woken before the cache held step {i}"
+            );
+        }
+        feed.abort();
     }
 
     #[test]
