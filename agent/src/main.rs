@@ -70,7 +70,7 @@ struct Args {
     origin_retries: u32,
 
     /// Most chunks one dataset reads from the origin at a time (and at most
-    /// 64 MiB). The agent keeps two in flight, or about a quarter second of
+    /// 64 MiB). The agent keeps one in flight, or about a quarter second of
     /// its measured origin rate if that is more: more requests help only
     /// when the origin's latency, not its bandwidth, is the limit.
     #[arg(long, env = "SWARMSEED_ORIGIN_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -82,17 +82,21 @@ struct Args {
     peer_stall_timeout: Duration,
 
     /// TCP congestion control of the connections this agent sends chunks
-    /// on (see /proc/sys/net/ipv4/tcp_available_congestion_control); empty:
-    /// the node's default. Many peer streams cross every link at once, next
-    /// to the origin read that bounds how fast a dataset can spread; a
-    /// loss-based algorithm shares those links evenly, where many BBR
-    /// streams crowd the origin read out.
+    /// on: the first of these (comma-separated) the kernel lets the agent
+    /// use; empty: the node's default. Many peer streams cross every link
+    /// at once, next to the origin read that bounds how fast a dataset can
+    /// spread; a loss-based algorithm shares those links evenly, where many
+    /// BBR streams crowd the origin read out. Without CAP_NET_ADMIN (as the
+    /// chart runs it) the agent may use only the algorithms in
+    /// /proc/sys/net/ipv4/tcp_allowed_congestion_control, where a node whose
+    /// default is BBR may lack cubic; reno is always allowed.
     #[arg(
         long,
         env = "SWARMSEED_PEER_CONGESTION_CONTROL",
-        default_value = "cubic"
+        default_value = "cubic,reno",
+        value_delimiter = ','
     )]
-    peer_congestion_control: String,
+    peer_congestion_control: Vec<String>,
 
     /// Memory for the chunks each dataset transfer verified last, MiB.
     /// Peers ask for a chunk soon after this node announces it; from here
@@ -160,17 +164,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the peer server to {}", args.peer_listen))?;
     let peer_port = peer_listener.local_addr()?.port();
-    let cc = &args.peer_congestion_control;
-    if !cc.is_empty()
-        && let Err(e) = swarmseed_agent::wire::set_congestion_control(&peer_listener, cc)
-    {
-        warn!(
-            error = %e,
-            congestion_control = %cc,
-            "peer connections keep the node's default congestion control \
-             (see /proc/sys/net/ipv4/tcp_available_congestion_control)"
-        );
-    }
+    choose_congestion_control(&peer_listener, &args.peer_congestion_control);
     let advertise = args
         .advertise_address
         .clone()
@@ -254,5 +248,35 @@ async fn terminate() {
             s.recv().await;
         }
         Err(_) => std::future::pending().await,
+    }
+}
+
+/// Sets the first of `names` the kernel accepts on the peer listener (every
+/// connection accepted from it takes it); warns when it accepts none.
+fn choose_congestion_control(listener: &tokio::net::TcpListener, names: &[String]) {
+    let names: Vec<&str> = names
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let mut refused = Vec::new();
+    for name in &names {
+        match swarmseed_agent::wire::set_congestion_control(listener, name) {
+            Ok(()) => {
+                info!(
+                    congestion_control = name,
+                    "congestion control of peer connections"
+                );
+                return;
+            }
+            Err(e) => refused.push(format!("{name}: {e}")),
+        }
+    }
+    if !refused.is_empty() {
+        warn!(
+            refused = %refused.join("; "),
+            "peer connections keep the node's default congestion control \
+             (see /proc/sys/net/ipv4/tcp_allowed_congestion_control)"
+        );
     }
 }
