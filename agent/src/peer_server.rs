@@ -1,7 +1,9 @@
 //! Serves verified chunks to peers (the server side of [`crate::wire`]).
 //!
-//! Chunk bytes go from the page cache to the socket with `sendfile(2)`: no
-//! copy through this process. A connection must prove it holds the
+//! A chunk this node verified a moment ago is sent from the memory that
+//! still holds it (it was written to disk past the page cache); any other
+//! goes from the file to the socket with `sendfile(2)`, no copy through
+//! this process. A connection must prove it holds the
 //! dataset's peer token (a MAC over a fresh nonce) before it learns
 //! anything.
 

@@ -155,13 +155,18 @@ pub fn set_congestion_control(sock: &impl AsRawFd, name: &str) -> io::Result<()>
 /// that much, not behind a send buffer of megabytes at the peer's share of
 /// a slow link.
 pub fn set_unsent_limit(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    setsockopt_bytes(sock, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, bytes)
+}
+
+/// An integer socket option that is a byte count (capped at `c_int::MAX`).
+fn setsockopt_bytes(
+    sock: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    bytes: usize,
+) -> io::Result<()> {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    setsockopt(
-        sock,
-        libc::IPPROTO_TCP,
-        libc::TCP_NOTSENT_LOWAT,
-        &value.to_ne_bytes(),
-    )
+    setsockopt(sock, level, name, &value.to_ne_bytes())
 }
 
 fn setsockopt(
@@ -218,13 +223,7 @@ pub fn congestion_control(sock: &impl AsRawFd) -> io::Result<String> {
 /// EPOLLIN) once this many bytes are queued, or earlier when the receive
 /// window is nearly closed, so a mark never stalls a stream.
 fn set_low_water(sock: &TcpStream, bytes: usize) -> io::Result<()> {
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    setsockopt(
-        sock,
-        libc::SOL_SOCKET,
-        libc::SO_RCVLOWAT,
-        &value.to_ne_bytes(),
-    )
+    setsockopt_bytes(sock, libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
 }
 
 pub fn encode_haves(records: &[ChunkRecord]) -> Vec<u8> {
