@@ -11,9 +11,10 @@
 //!    publishes. The transfer and the flush are timed separately.
 //! 4. Peak RSS of both agents (VmHWM).
 //!
-//! Before 3 it times a bare receiver in the same way: the least any
-//! receiver that verifies and stores must do, without the agent's protocol,
-//! runtime or bookkeeping (see [`bare_receiver`]).
+//! Before 3 it times the same path without the agent: the dataset's bytes
+//! sent as a seeder sends them and only received ([`receive_only`]), then
+//! the least any receiver that verifies and stores must do, without the
+//! agent's protocol, runtime or bookkeeping ([`bare_receiver`]).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -71,10 +72,11 @@ pub struct PeerBenchReport {
     pub dataset_bytes: u64,
     pub chunk_size: u64,
     pub raw_tcp_bytes_per_s: f64,
-    /// Writing a new file of the dataset's size (no fsync), same run.
-    pub page_cache_write_bytes_per_s: f64,
-    /// The bare receiver: `sendfile` → one loopback stream → blake3 per
-    /// chunk → a new file, no protocol, same run.
+    /// The dataset's bytes sent as a seeding agent sends them (`sendfile`)
+    /// over one loopback stream, received and dropped, same run.
+    pub receive_only_bytes_per_s: f64,
+    /// The bare receiver: as `receive_only`, then blake3 per chunk and
+    /// written as the agent writes (`O_DIRECT`), no protocol, same run.
     pub bare_receiver_bytes_per_s: f64,
     pub peer_transfer_bytes_per_s: f64,
     pub ratio: f64,
@@ -174,19 +176,20 @@ pub async fn run(args: PeerBenchArgs) -> anyhow::Result<PeerBenchReport> {
         .await?;
     seeder.wait_ready(Duration::from_secs(600)).await?;
 
-    // The seeder serves from its page cache; the origin's copy is no
-    // longer needed. Give its pages back and time writing a new file of
-    // the same size: the rate at which this machine takes fresh page-cache
-    // pages, an upper bound for any transfer into staging. (On a VM whose
-    // host backs guest memory lazily, first-touch pages are several times
-    // slower than reused ones; the legs below run on reused pages.)
+    // The seeder wrote its copy past the page cache (`O_DIRECT`); read it
+    // in, so that every leg below serves from memory. The origin's copy is
+    // no longer needed. (On a VM whose host backs guest memory lazily,
+    // first-touch pages are several times slower than reused ones: the
+    // legs below run on pages given back just before.)
     evict(&src.join("weights.bin"))?;
-    eprintln!("page-cache write probe ...");
-    let page_cache = page_cache_write(&work.join("probe.bin"), args.size)?;
-    // From the seeder's published copy (in the page cache), into pages
-    // given back just before, as the leecher's leg below.
-    eprintln!("bare receiver ...");
     let published = work.join("seeder/datasets/bench/weights/weights.bin");
+    std::io::copy(&mut std::fs::File::open(&published)?, &mut std::io::sink())?;
+    // What the path costs without the agent: the seeder's published copy
+    // (in the page cache) over one loopback stream, received and dropped,
+    // then received, verified and stored by the least possible receiver.
+    eprintln!("receive only ...");
+    let receive = receive_only(&published)?;
+    eprintln!("bare receiver ...");
     let bare = bare_receiver(&published, chunk_size, &work.join("bare.bin"))?;
 
     eprintln!("leecher pulling from the seeder ...");
@@ -225,7 +228,7 @@ pub async fn run(args: PeerBenchArgs) -> anyhow::Result<PeerBenchReport> {
         dataset_bytes: args.size,
         chunk_size,
         raw_tcp_bytes_per_s: raw,
-        page_cache_write_bytes_per_s: page_cache,
+        receive_only_bytes_per_s: receive,
         bare_receiver_bytes_per_s: bare,
         peer_transfer_bytes_per_s: args.size as f64 / transfer.as_secs_f64(),
         ratio: args.size as f64 / transfer.as_secs_f64() / raw,
@@ -272,13 +275,12 @@ fn raw_tcp(bytes: u64) -> anyhow::Result<f64> {
     Ok(got as f64 / secs)
 }
 
-/// The least any receiver that verifies and stores must do, on this
-/// machine: `path` (in the page cache) sent with `sendfile` over one
-/// loopback stream, as a seeding agent sends; received in 256 KiB reads,
-/// hashed with blake3 per chunk and written into the new file `into` (no
-/// fsync) on one thread, with no protocol, no async runtime and no
-/// bookkeeping. Receiver-side bytes per second; `into` is removed after.
-fn bare_receiver(path: &Path, chunk_size: u64, into: &Path) -> anyhow::Result<f64> {
+/// `path` (in the page cache) sent with `sendfile` over one loopback
+/// stream, as a seeding agent sends. Returns the sender thread and the
+/// accepted receiving end.
+fn sendfile_stream(
+    path: &Path,
+) -> anyhow::Result<(std::thread::JoinHandle<std::io::Result<()>>, TcpStream, u64)> {
     let file = std::fs::File::open(path)?;
     let bytes = file.metadata()?.len();
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -294,28 +296,114 @@ fn bare_receiver(path: &Path, chunk_size: u64, into: &Path) -> anyhow::Result<f6
         }
         Ok(())
     });
-    let (mut r, _) = listener.accept()?;
-    let out = std::fs::File::create(into)?;
-    let mut buf = vec![0u8; 256 << 10];
-    let mut hasher = blake3::Hasher::new();
-    let started = Instant::now();
-    let mut got = 0u64;
-    while got < bytes {
-        let to_chunk_end = chunk_size - got % chunk_size;
-        let n = (buf.len() as u64).min(to_chunk_end).min(bytes - got) as usize;
-        r.read_exact(&mut buf[..n])?;
-        hasher.update(&buf[..n]);
-        out.write_all_at(&buf[..n], got)?;
-        got += n as u64;
-        if got.is_multiple_of(chunk_size) || got == bytes {
-            std::hint::black_box(hasher.finalize());
-            hasher.reset();
-        }
-    }
-    let secs = started.elapsed().as_secs_f64();
+    let (r, _) = listener.accept()?;
+    Ok((sender, r, bytes))
+}
+
+fn join(sender: std::thread::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
     sender
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    Ok(())
+}
+
+/// The dataset's own bytes over one loopback stream, as a seeding agent
+/// sends them (`sendfile` from the page cache), read into one 1 MiB buffer
+/// and dropped: no hash, no store. Receiver-side bytes per second.
+fn receive_only(path: &Path) -> anyhow::Result<f64> {
+    let (sender, mut r, bytes) = sendfile_stream(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let started = Instant::now();
+    let mut got = 0u64;
+    while got < bytes {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            bail!("stream ended after {got} of {bytes} bytes");
+        }
+        got += n as u64;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    join(sender)?;
+    Ok(bytes as f64 / secs)
+}
+
+/// Threads that hash and store chunks in the bare receiver: as many as
+/// the agent keeps chunks verifying per peer at once would be more than
+/// this machine has cores.
+const BARE_WORKERS: usize = 2;
+
+/// The least any receiver that verifies and stores must do, on this
+/// machine, stored as the agent stores: `path` sent as by
+/// [`sendfile_stream`]; one thread reads each chunk into a block-aligned
+/// buffer and hands it to [`BARE_WORKERS`] threads that hash it with
+/// blake3 and write it into the new file `into` with `O_DIRECT` (through
+/// the page cache where the filesystem refuses that), no fsync. No
+/// protocol, no async runtime, no bookkeeping. Receiver-side bytes per
+/// second; `into` is removed after.
+fn bare_receiver(path: &Path, chunk_size: u64, into: &Path) -> anyhow::Result<f64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::mpsc;
+    use swarmseed_agent::chunkmem::{BLOCK, ChunkBuf};
+
+    let open = |flags| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(flags)
+            .open(into)
+    };
+    let out = std::sync::Arc::new(open(nix::libc::O_DIRECT).or_else(|_| open(0))?);
+    // The end of a file that is not whole blocks long: through the page
+    // cache, as the agent writes it.
+    let tail = std::sync::Arc::new(std::fs::OpenOptions::new().write(true).open(into)?);
+    let (sender, mut r, bytes) = sendfile_stream(path)?;
+    let chunk = usize::try_from(chunk_size)?;
+    // Two buffers per worker: one being hashed and stored, one waiting.
+    let (give, free) = mpsc::channel::<ChunkBuf>();
+    for _ in 0..2 * BARE_WORKERS {
+        give.send(ChunkBuf::with_capacity(chunk))?;
+    }
+    let (queues, workers): (Vec<_>, Vec<_>) = (0..BARE_WORKERS)
+        .map(|_| {
+            let (queue, work) = mpsc::sync_channel::<(u64, ChunkBuf)>(1);
+            let (give, out, tail) = (give.clone(), out.clone(), tail.clone());
+            let worker = std::thread::spawn(move || -> std::io::Result<()> {
+                for (offset, buf) in work {
+                    std::hint::black_box(blake3::hash(&buf));
+                    let whole = buf.len() / BLOCK * BLOCK;
+                    out.write_all_at(&buf[..whole], offset)?;
+                    tail.write_all_at(&buf[whole..], offset + whole as u64)?;
+                    let _ = give.send(buf);
+                }
+                Ok(())
+            });
+            (queue, worker)
+        })
+        .unzip();
+    drop(give);
+    let started = Instant::now();
+    let mut got = 0u64;
+    let mut next = queues.iter().cycle();
+    while got < bytes {
+        let mut buf = free.recv()?;
+        let n = (bytes - got).min(chunk_size) as usize;
+        buf.set_len(n);
+        r.read_exact(&mut buf)?;
+        let queue = next.next().context("no worker")?;
+        if queue.send((got, buf)).is_err() {
+            bail!("a worker stopped at byte {got}");
+        }
+        got += n as u64;
+    }
+    drop(queues);
+    for worker in workers {
+        worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    join(sender)?;
     drop(out);
     std::fs::remove_file(into)?;
     Ok(bytes as f64 / secs)
@@ -332,24 +420,6 @@ fn evict(path: &Path) -> anyhow::Result<()> {
         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
     )?;
     Ok(())
-}
-
-/// Bytes per second of writing `bytes` into the new file `path` in 1 MiB
-/// writes (no fsync); the file is removed after.
-fn page_cache_write(path: &Path, bytes: u64) -> anyhow::Result<f64> {
-    let mut f = std::fs::File::create(path)?;
-    let buf = vec![0x5au8; 1 << 20];
-    let started = Instant::now();
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    drop(f);
-    std::fs::remove_file(path)?;
-    Ok(bytes as f64 / secs)
 }
 
 /// Fills `path` with `size` pseudo-random bytes.
@@ -506,19 +576,21 @@ pub fn print(report: &PeerBenchReport, json: bool) -> anyhow::Result<()> {
         mib(report.raw_tcp_bytes_per_s)
     );
     println!(
-        "page-cache write       {:.0} MiB/s  (a new file, no network)",
-        mib(report.page_cache_write_bytes_per_s)
-    );
-    println!(
         "peer → staging         {:.0} MiB/s  ({:.1} % of raw TCP, {:.2} s)",
         mib(report.peer_transfer_bytes_per_s),
         report.ratio * 100.0,
         report.transfer_s
     );
+    let of_raw = |b: f64| b / report.raw_tcp_bytes_per_s * 100.0;
     println!(
-        "bare receiver          {:.0} MiB/s  ({:.1} % of raw TCP; sendfile → blake3 → new file, no protocol)",
+        "receive only           {:.0} MiB/s  ({:.1} % of raw TCP; the dataset's bytes by sendfile, received and dropped)",
+        mib(report.receive_only_bytes_per_s),
+        of_raw(report.receive_only_bytes_per_s)
+    );
+    println!(
+        "bare receiver          {:.0} MiB/s  ({:.1} % of raw TCP; the same, blake3 and O_DIRECT writes on {BARE_WORKERS} threads)",
         mib(report.bare_receiver_bytes_per_s),
-        report.bare_receiver_bytes_per_s / report.raw_tcp_bytes_per_s * 100.0
+        of_raw(report.bare_receiver_bytes_per_s)
     );
     println!(
         "agent / bare receiver  {:.1} %",
