@@ -374,27 +374,30 @@ impl Board {
             let score = |f: u64| splitmix64((u64::from(i) << 32) | f);
             helpers.iter().copied().max_by_key(|&f| score(f)) == Some(me as u64)
         };
-        let mut ranges: Vec<Vec<u32>> = fetchers
+        let open =
+            |i: u32| !self.vouched(i) && self.inflight[i as usize] == 0 && !self.origin.contains(i);
+        // The others' ranges with more open chunks than the margin, most
+        // first.
+        let mut ranges: Vec<(usize, std::ops::Range<u32>)> = fetchers
             .iter()
             .enumerate()
             .filter(|&(f, _)| f != me)
             .flat_map(|(_, r)| r.iter().copied())
             .map(|(s, e)| {
-                (s..e.min(n))
-                    .filter(|&i| {
-                        !self.vouched(i)
-                            && self.inflight[i as usize] == 0
-                            && !self.origin.contains(i)
-                    })
-                    .collect()
+                let range = s..e.min(n);
+                (range.clone().filter(|&i| open(i)).count(), range)
             })
-            .filter(|open: &Vec<u32>| open.len() > margin)
+            .filter(|&(count, _)| count > margin)
             .collect();
-        ranges.sort_unstable_by_key(|open| std::cmp::Reverse(open.len()));
-        // `open[k]` has k unvouched chunks before it in its range.
-        let pick = ranges
-            .iter()
-            .find_map(|open| open[margin + 1..].iter().rev().copied().find(|&i| mine(i)))?;
+        ranges.sort_unstable_by_key(|(count, _)| std::cmp::Reverse(*count));
+        // A range's open chunks after its first `margin + 1`, last first.
+        let pick = ranges.into_iter().find_map(|(count, range)| {
+            range
+                .rev()
+                .filter(|&i| open(i))
+                .take(count - margin - 1)
+                .find(|&i| mine(i))
+        })?;
         self.begin(pick);
         Some(pick)
     }
