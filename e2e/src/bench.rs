@@ -48,10 +48,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
-use swarmseed_proto::pb::{self, agent_control_client::AgentControlClient};
+use swarmseed_proto::pb;
 use tokio::io::AsyncWriteExt as _;
-use tonic::transport::{Channel, Endpoint};
 
+use crate::agent_api::{self, AgentControl, Bearer};
 use crate::netbench::NetbenchResult;
 use crate::origin::dataset::{DatasetSpec, generate_dataset, tree_digest};
 use crate::origin::http::ListingEntry;
@@ -503,41 +503,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<BenchReport> {
 /// Persistent control channels to every agent (polling them every 100 ms
 /// must not open a connection each time on a 2-CPU machine).
 struct AgentProbes {
-    clients: Vec<(String, Control)>,
-}
-
-type Control =
-    AgentControlClient<tonic::service::interceptor::InterceptedService<Channel, BearerAuth>>;
-
-#[derive(Clone)]
-struct BearerAuth(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for BearerAuth {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
+    clients: Vec<(String, AgentControl)>,
 }
 
 impl AgentProbes {
     async fn connect(c: &SeedCluster) -> anyhow::Result<Self> {
-        let bearer = BearerAuth(
-            format!("Bearer {}", c.cluster.control_token())
-                .parse()
-                .context("control token is not a header value")?,
-        );
+        let bearer = Bearer::new(c.cluster.control_token())?;
         let mut clients = Vec::new();
         for n in c.cluster.nodes() {
-            let channel = Endpoint::from_shared(format!("http://{}", n.control_addr()))?
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(10))
-                .connect()
+            let client = agent_api::connect(n.control_addr(), &bearer, Duration::from_secs(10))
                 .await
                 .with_context(|| format!("connecting to the agent on {}", n.name))?;
-            clients.push((
-                n.name.clone(),
-                AgentControlClient::with_interceptor(channel, bearer.clone()),
-            ));
+            clients.push((n.name.clone(), client));
         }
         Ok(Self { clients })
     }
@@ -567,7 +544,7 @@ impl AgentProbes {
         futures::future::join_all(asks).await
     }
 
-    fn client(&mut self, node: usize) -> anyhow::Result<&mut Control> {
+    fn client(&mut self, node: usize) -> anyhow::Result<&mut AgentControl> {
         self.clients
             .get_mut(node)
             .map(|(_, c)| c)

@@ -7,12 +7,14 @@
 //! - [`origin`]: an HTTP origin with ranges and nginx-style JSON listings,
 //!   moto's S3 behind a counting proxy, and deterministic datasets with
 //!   tree comparison.
+//! - [`agent_api`]: the agents' control API, called with the control token.
 //! - [`netbench`]: TCP throughput between nodes.
 //! - [`scalebench`]: the operator against the API stand-in and hundreds
 //!   of simulated agents (`e2e bench-scale`).
 //!
 //! The `e2e` binary exposes the same pieces as subcommands.
 
+pub mod agent_api;
 pub mod apiserver;
 pub mod bench;
 pub mod cluster;

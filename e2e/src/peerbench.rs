@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use swarmseed_proto::pb::{self, agent_control_client::AgentControlClient};
-use tonic::transport::Channel;
+use swarmseed_proto::pb;
 
+use crate::agent_api::{self, AgentControl, Bearer};
 use crate::origin::http::HttpOrigin;
 use crate::process::{ChildSpec, ManagedChild};
 
@@ -452,21 +452,6 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-#[derive(Clone)]
-struct Bearer;
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let value = format!("Bearer {TOKEN}")
-            .parse()
-            .map_err(|_| tonic::Status::internal("token is not a header value"))?;
-        req.metadata_mut().insert("authorization", value);
-        Ok(req)
-    }
-}
-
-type Client = AgentControlClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
-
 impl BenchAgent {
     fn spawn(bin: &Path, work: &Path, name: &str, token: &Path) -> anyhow::Result<Self> {
         let (control, peer, admin) = (free_port()?, free_port()?, free_port()?);
@@ -497,21 +482,18 @@ impl BenchAgent {
         format!("127.0.0.1:{}", self.peer)
     }
 
-    async fn client(&self) -> anyhow::Result<Client> {
-        let url = format!("http://127.0.0.1:{}", self.control);
+    async fn client(&self) -> anyhow::Result<AgentControl> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.control));
+        let bearer = Bearer::new(TOKEN)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match Channel::from_shared(url.clone())?
-                .connect_timeout(Duration::from_secs(2))
-                .connect()
-                .await
-            {
-                Ok(ch) => return Ok(AgentControlClient::with_interceptor(ch, Bearer)),
+            match agent_api::connect(addr, &bearer, Duration::from_secs(30)).await {
+                Ok(client) => return Ok(client),
                 Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 Err(e) => bail!(
-                    "agent control API at {url} unreachable: {e}\n{}",
+                    "agent control API at {addr} unreachable: {e}\n{}",
                     self.child.log_tail(4000)
                 ),
             }

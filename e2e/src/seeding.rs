@@ -250,39 +250,22 @@ impl SeedCluster {
     }
 }
 
-/// GetStatus of the agent at `addr` for `dataset`, bounded to 5 s.
+/// GetStatus of the agent at `addr` for `dataset`: at most 5 s to
+/// connect and 5 s to answer.
 async fn agent_status(
     addr: std::net::SocketAddr,
     token: &str,
     dataset: pb::DatasetRef,
 ) -> Result<pb::AgentStatus> {
-    let fail = |e: &dyn std::fmt::Display| Error::network(format!("agent at {addr}"), e);
-    let bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
-        format!("Bearer {token}").parse().map_err(|e| fail(&e))?;
-    let call = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| fail(&e))?
-            .connect()
-            .await
-            .map_err(|e| fail(&e))?;
-        let mut client = pb::agent_control_client::AgentControlClient::with_interceptor(
-            channel,
-            move |mut r: tonic::Request<()>| {
-                r.metadata_mut().insert("authorization", bearer.clone());
-                Ok(r)
-            },
-        );
-        client
-            .get_status(pb::GetStatusRequest {
-                dataset: Some(dataset),
-            })
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|e| fail(&e))
-    };
-    tokio::time::timeout(Duration::from_secs(5), call)
+    let bearer = crate::agent_api::Bearer::new(token)?;
+    let mut client = crate::agent_api::connect(addr, &bearer, Duration::from_secs(5)).await?;
+    client
+        .get_status(pb::GetStatusRequest {
+            dataset: Some(dataset),
+        })
         .await
-        .map_err(|_| fail(&"no answer within 5s"))?
+        .map(tonic::Response::into_inner)
+        .map_err(|e| Error::network(format!("agent at {addr}"), e))
 }
 
 /// Runs `kubectl --kubeconfig <kubeconfig> args…` with `stdin`, bounded.
