@@ -258,21 +258,25 @@ fn raw_tcp(bytes: u64) -> anyhow::Result<f64> {
         Ok(())
     });
     let (mut r, _) = listener.accept()?;
+    let rate = drain(&mut r, bytes)?;
+    join(sender)?;
+    Ok(rate)
+}
+
+/// Reads `bytes` from `r` into one 1 MiB buffer, dropping them: bytes per
+/// second.
+fn drain(r: &mut TcpStream, bytes: u64) -> anyhow::Result<f64> {
     let mut buf = vec![0u8; 1 << 20];
     let started = Instant::now();
     let mut got = 0u64;
     while got < bytes {
         let n = r.read(&mut buf)?;
         if n == 0 {
-            break;
+            bail!("stream ended after {got} of {bytes} bytes");
         }
         got += n as u64;
     }
-    let secs = started.elapsed().as_secs_f64();
-    sender
-        .join()
-        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
-    Ok(got as f64 / secs)
+    Ok(bytes as f64 / started.elapsed().as_secs_f64())
 }
 
 /// `path` (in the page cache) sent with `sendfile` over one loopback
@@ -312,24 +316,13 @@ fn join(sender: std::thread::JoinHandle<std::io::Result<()>>) -> anyhow::Result<
 /// and dropped: no hash, no store. Receiver-side bytes per second.
 fn receive_only(path: &Path) -> anyhow::Result<f64> {
     let (sender, mut r, bytes) = sendfile_stream(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let started = Instant::now();
-    let mut got = 0u64;
-    while got < bytes {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            bail!("stream ended after {got} of {bytes} bytes");
-        }
-        got += n as u64;
-    }
-    let secs = started.elapsed().as_secs_f64();
+    let rate = drain(&mut r, bytes)?;
     join(sender)?;
-    Ok(bytes as f64 / secs)
+    Ok(rate)
 }
 
-/// Threads that hash and store chunks in the bare receiver: as many as
-/// the agent keeps chunks verifying per peer at once would be more than
-/// this machine has cores.
+/// Threads that hash and store chunks in the bare receiver: one per core
+/// of the machines the bench runs on.
 const BARE_WORKERS: usize = 2;
 
 /// The least any receiver that verifies and stores must do, on this
@@ -384,13 +377,14 @@ fn bare_receiver(path: &Path, chunk_size: u64, into: &Path) -> anyhow::Result<f6
     drop(give);
     let started = Instant::now();
     let mut got = 0u64;
-    let mut next = queues.iter().cycle();
-    while got < bytes {
+    for queue in queues.iter().cycle() {
+        if got == bytes {
+            break;
+        }
         let mut buf = free.recv()?;
         let n = (bytes - got).min(chunk_size) as usize;
         buf.set_len(n);
         r.read_exact(&mut buf)?;
-        let queue = next.next().context("no worker")?;
         if queue.send((got, buf)).is_err() {
             bail!("a worker stopped at byte {got}");
         }
