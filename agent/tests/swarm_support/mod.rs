@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -278,12 +278,29 @@ fn percent_decode(s: &str) -> String {
 
 // ------------------------------------------------------------------ agents
 
+/// A port for an agent to listen on. Not one the kernel picked (port 0):
+/// between this call and the agent's bind, any outgoing connection of the
+/// tests running at once could take that one as its local port, and the
+/// agent would exit with "address in use". These come from below the
+/// kernel's ephemeral range (32768 and up by default), in turn within this
+/// process, starting where its process id points so that test processes
+/// running at once start apart; one still bound is skipped.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u16 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = FIRST + (NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One agent process on loopback.
@@ -350,6 +367,10 @@ impl AgentProc {
             .arg("--fallback-after")
             .arg("3s")
             .env("RUST_LOG", "info,swarmseed_agent=debug")
+            // An agent that exits with an error prints the error, not a
+            // backtrace that would push it out of the log tail a failing
+            // test shows.
+            .env("RUST_LIB_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
