@@ -95,6 +95,10 @@ pub struct Agent {
     peer_address: String,
     corrupt_serving: bool,
     datasets: Mutex<HashMap<DatasetKey, Slot>>,
+    /// Datasets found on the disk at start-up and not assigned since, with
+    /// the uid of their saved assignment (empty when none was saved): the
+    /// ones [`Agent::sync`] may find deleted.
+    resumed: Mutex<HashMap<DatasetKey, String>>,
     ops: tokio::sync::Mutex<()>,
     ready: AtomicBool,
 }
@@ -116,6 +120,7 @@ impl Agent {
             peer_address,
             corrupt_serving,
             datasets: Mutex::new(HashMap::new()),
+            resumed: Mutex::new(HashMap::new()),
             ops: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
         }))
@@ -129,22 +134,27 @@ impl Agent {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// Resumes every dataset persisted in the store (after a restart).
+    /// Resumes every dataset persisted in the store (after a restart), and
+    /// remembers everything found on the disk until the operator confirms
+    /// it (an assignment) or finds it deleted ([`Agent::sync`]).
     pub async fn recover(self: &Arc<Self>) {
         let store = self.store.clone();
-        let saved = tokio::task::spawn_blocking(move || store.load_assignments())
-            .await
-            .unwrap_or_default();
+        let (saved, held) =
+            tokio::task::spawn_blocking(move || (store.load_assignments(), store.held_datasets()))
+                .await
+                .unwrap_or_default();
+        lock(&self.resumed).extend(held.into_iter().map(|k| (k, String::new())));
         for a in saved {
             match a {
                 Ok(a) => {
-                    let name = a
-                        .dataset
-                        .as_ref()
-                        .map(|d| format!("{}/{}", d.namespace, d.name));
-                    match self.apply(a).await {
-                        Ok(_) => info!(dataset = ?name, "resumed"),
-                        Err(e) => warn!(dataset = ?name, error = %e, "could not resume"),
+                    let dataset = a.dataset.clone().unwrap_or_default();
+                    if let Ok(key) = DatasetKey::from_ref(Some(&dataset)) {
+                        lock(&self.resumed).insert(key, dataset.uid.clone());
+                    }
+                    let name = format!("{}/{}", dataset.namespace, dataset.name);
+                    match self.apply_inner(a).await {
+                        Ok(_) => info!(dataset = name, "resumed"),
+                        Err(e) => warn!(dataset = name, error = %e, "could not resume"),
                     }
                 }
                 Err(e) => warn!(error = %e, "unreadable saved assignment"),
@@ -153,7 +163,77 @@ impl Agent {
         self.ready.store(true, Ordering::Relaxed);
     }
 
+    /// Removes what [`Agent::recover`] found on the disk that the operator
+    /// has not assigned since and that is not among `existing` (or is
+    /// there under another uid): the Dataset was deleted while this agent
+    /// was away. Returns what was removed.
+    pub async fn sync(&self, existing: &[pb::DatasetRef]) -> Result<Vec<DatasetKey>, StoreError> {
+        let listed: HashMap<(&str, &str), &str> = existing
+            .iter()
+            .map(|d| ((d.namespace.as_str(), d.name.as_str()), d.uid.as_str()))
+            .collect();
+        let gone: Vec<DatasetKey> = lock(&self.resumed)
+            .iter()
+            .filter(
+                |(k, uid)| match listed.get(&(k.namespace.as_str(), k.name.as_str())) {
+                    None => true,
+                    Some(listed_uid) => {
+                        !uid.is_empty() && !listed_uid.is_empty() && uid.as_str() != *listed_uid
+                    }
+                },
+            )
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut removed = Vec::new();
+        for key in gone {
+            // Assigned in the meantime: the operator knows it exists.
+            if !lock(&self.resumed).contains_key(&key) {
+                continue;
+            }
+            self.remove(&key).await?;
+            info!(dataset = %key, "removed: its Dataset no longer exists");
+            removed.push(key);
+        }
+        Ok(removed)
+    }
+
+    /// Holds the assignment's revision (see the `ApplyAssignment` call).
+    /// A dataset held under another uid (its Dataset was deleted and made
+    /// again) is removed first.
     pub async fn apply(
+        self: &Arc<Self>,
+        a: pb::Assignment,
+    ) -> Result<pb::ApplyAssignmentResponse, ApplyError> {
+        let key = DatasetKey::from_ref(a.dataset.as_ref())?;
+        let uid = a
+            .dataset
+            .as_ref()
+            .map(|d| d.uid.as_str())
+            .unwrap_or_default();
+        let held_uid = {
+            let datasets = lock(&self.datasets);
+            datasets.get(&key).map(|s| {
+                s.assignment
+                    .dataset
+                    .as_ref()
+                    .map(|d| d.uid.clone())
+                    .unwrap_or_default()
+            })
+        };
+        let resumed_uid = lock(&self.resumed).get(&key).cloned();
+        if let Some(held) = held_uid.or(resumed_uid)
+            && !held.is_empty()
+            && !uid.is_empty()
+            && held != uid
+        {
+            info!(dataset = %key, "held under another uid: its Dataset was made again, removing the old copy");
+            self.remove(&key).await?;
+        }
+        lock(&self.resumed).remove(&key);
+        self.apply_inner(a).await
+    }
+
+    async fn apply_inner(
         self: &Arc<Self>,
         a: pb::Assignment,
     ) -> Result<pb::ApplyAssignmentResponse, ApplyError> {
@@ -284,6 +364,7 @@ impl Agent {
     /// Removes a dataset from the node; returns whether it held anything.
     pub async fn remove(&self, key: &DatasetKey) -> Result<bool, StoreError> {
         let _serial = self.ops.lock().await;
+        lock(&self.resumed).remove(key);
         let slot = {
             let mut datasets = lock(&self.datasets);
             let slot = datasets.remove(key);
@@ -373,6 +454,111 @@ impl TransferLookup for Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn assignment(name: &str, uid: &str) -> pb::Assignment {
+        let files = vec![pb::FileEntry {
+            path: "a.bin".into(),
+            size: 1000,
+            etag: "\"1\"".into(),
+            ..Default::default()
+        }];
+        let layout = ChunkLayout::new(files.clone(), 1 << 16).unwrap();
+        pb::Assignment {
+            dataset: Some(pb::DatasetRef {
+                namespace: "ml".into(),
+                name: name.into(),
+                uid: uid.into(),
+            }),
+            revision: layout.revision().to_hex(),
+            chunk_size: 1 << 16,
+            files,
+            // Nothing listens there: the transfer never gets a byte.
+            origin: Some(pb::Origin {
+                uri: "http://127.0.0.1:9/data/".into(),
+                allow_http: true,
+                ..Default::default()
+            }),
+            peer_token: vec![7; 32],
+            ..Default::default()
+        }
+    }
+
+    async fn agent(root: &std::path::Path) -> Arc<Agent> {
+        let store = Arc::new(NodeStore::open(root).unwrap());
+        Agent::new(
+            store,
+            Arc::new(Metrics::default()),
+            TransferConfig::default(),
+            "127.0.0.1:1".into(),
+            false,
+        )
+        .unwrap()
+    }
+
+    /// A Dataset deleted while its agent was down must not come back: the
+    /// agent resumes it from its disk, and drops it with everything it
+    /// held once the operator's list of Datasets does not name it (or
+    /// names it under another uid).
+    #[tokio::test]
+    async fn datasets_deleted_while_away_are_dropped_at_the_first_sync() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let a = agent(tmp.path()).await;
+            a.recover().await;
+            for (name, uid) in [("kept", "u1"), ("deleted", "u2"), ("made-again", "u3")] {
+                a.apply(assignment(name, uid)).await.unwrap();
+            }
+            // An orphan: data without a saved assignment.
+            std::fs::create_dir_all(tmp.path().join("staging/ml/orphan/x")).unwrap();
+        }
+        let restarted = agent(tmp.path()).await;
+        restarted.recover().await;
+        let existing =
+            [("kept", "u1"), ("made-again", "u9"), ("new", "u4")].map(|(n, u)| pb::DatasetRef {
+                namespace: "ml".into(),
+                name: n.into(),
+                uid: u.into(),
+            });
+        let mut removed: Vec<String> = restarted
+            .sync(&existing)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        removed.sort();
+        assert_eq!(removed, ["deleted", "made-again", "orphan"]);
+        let held: Vec<String> = restarted
+            .store
+            .held_datasets()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(held, ["kept"]);
+        // Confirmed by an assignment: a later sync leaves it alone even if
+        // its list is stale.
+        restarted.apply(assignment("kept", "u1")).await.unwrap();
+        assert!(restarted.sync(&[]).await.unwrap().is_empty());
+        assert_eq!(restarted.store.held_datasets().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_assignment_under_another_uid_replaces_the_old_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = agent(tmp.path()).await;
+        a.recover().await;
+        a.apply(assignment("llama", "old")).await.unwrap();
+        let marker = tmp.path().join("staging/ml/llama/marker");
+        std::fs::write(&marker, b"old").unwrap();
+        a.apply(assignment("llama", "new")).await.unwrap();
+        assert!(!marker.exists(), "the old Dataset's staging survived");
+        let saved = a.store.load_assignments();
+        assert_eq!(saved.len(), 1);
+        assert_eq!(
+            saved[0].as_ref().unwrap().dataset.as_ref().unwrap().uid,
+            "new"
+        );
+    }
 
     #[test]
     fn a_refused_assignment_names_its_condition_reason() {

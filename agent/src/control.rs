@@ -52,6 +52,20 @@ impl AgentControl for ControlService {
         Ok(Response::new(pb::RemoveDatasetResponse { existed }))
     }
 
+    async fn sync_datasets(
+        &self,
+        request: Request<pb::SyncDatasetsRequest>,
+    ) -> Result<Response<pb::SyncDatasetsResponse>, Status> {
+        let removed = self
+            .agent
+            .sync(&request.get_ref().datasets)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::SyncDatasetsResponse {
+            removed: removed.iter().map(DatasetKey::to_ref).collect(),
+        }))
+    }
+
     async fn get_status(
         &self,
         request: Request<pb::GetStatusRequest>,

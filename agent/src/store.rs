@@ -86,6 +86,7 @@ impl DatasetKey {
         pb::DatasetRef {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
+            uid: String::new(),
         }
     }
 
@@ -351,6 +352,32 @@ impl NodeStore {
             }
         }
         out
+    }
+
+    /// Every dataset this store holds anything of: a link under
+    /// `datasets/`, a revision, a staging tree or saved state. Names that
+    /// are not valid dataset keys are left out (nothing of ours made them).
+    pub fn held_datasets(&self) -> Vec<DatasetKey> {
+        let mut out = std::collections::BTreeSet::new();
+        for top in ["datasets", "revisions", "staging", "state"] {
+            let Ok(namespaces) = std::fs::read_dir(self.root.join(top)) else {
+                continue;
+            };
+            for ns in namespaces.flatten() {
+                let Ok(names) = std::fs::read_dir(ns.path()) else {
+                    continue;
+                };
+                for name in names.flatten() {
+                    let (ns, name) = (ns.file_name(), name.file_name());
+                    if let (Some(ns), Some(name)) = (ns.to_str(), name.to_str())
+                        && let Ok(key) = DatasetKey::new(ns, name)
+                    {
+                        out.insert(key);
+                    }
+                }
+            }
+        }
+        out.into_iter().collect()
     }
 
     /// The revision currently published at the dataset path, if any.

@@ -519,6 +519,9 @@ impl Transfer {
             published_path: String::new(),
             published_revision: String::new(),
             error,
+            // Reported by the origin reader once it tracks failures.
+            origin_error: None,
+            origin_error_seconds: 0,
         }
     }
 

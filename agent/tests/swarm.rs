@@ -227,6 +227,7 @@ async fn unsafe_listed_paths_are_refused_and_nothing_is_written_outside_the_root
         dataset: Some(pb::DatasetRef {
             namespace: "ml".into(),
             name: "bad".into(),
+            uid: String::new(),
         }),
         revision,
         chunk_size: MIB,

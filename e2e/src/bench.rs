@@ -525,6 +525,7 @@ impl AgentProbes {
         let dataset = pb::DatasetRef {
             namespace: ns.into(),
             name: name.into(),
+            uid: String::new(),
         };
         let asks = self.clients.iter_mut().map(|(_, client)| {
             let dataset = dataset.clone();
@@ -840,6 +841,7 @@ async fn probe_peer_link(
     let dataset = pb::DatasetRef {
         namespace: PROBE_NAMESPACE.into(),
         name: PROBE_NAME.into(),
+        uid: String::new(),
     };
     let assignment = pb::Assignment {
         dataset: Some(dataset.clone()),

@@ -154,6 +154,7 @@ pub async fn run(args: PeerBenchArgs) -> anyhow::Result<PeerBenchReport> {
         dataset: Some(pb::DatasetRef {
             namespace: "bench".into(),
             name: "weights".into(),
+            uid: String::new(),
         }),
         revision: layout.revision().to_hex(),
         chunk_size,

@@ -476,6 +476,8 @@ impl Held {
             },
             error: None,
             fetchers: a.fetchers.clone(),
+            origin_error: None,
+            origin_error_seconds: 0,
         }
     }
 }
@@ -636,6 +638,14 @@ impl AgentControl for FakeService {
     ) -> Result<Response<pb::RemoveDatasetResponse>, Status> {
         let existed = self.0.remove(request.get_ref().dataset.as_ref())?;
         Ok(Response::new(pb::RemoveDatasetResponse { existed }))
+    }
+
+    /// A simulated agent holds nothing across restarts.
+    async fn sync_datasets(
+        &self,
+        _: Request<pb::SyncDatasetsRequest>,
+    ) -> Result<Response<pb::SyncDatasetsResponse>, Status> {
+        Ok(Response::new(pb::SyncDatasetsResponse::default()))
     }
 
     async fn get_status(
@@ -2011,6 +2021,7 @@ mod tests {
             dataset: Some(pb::DatasetRef {
                 namespace: "ns".into(),
                 name: "d".into(),
+                uid: String::new(),
             }),
             revision: layout.revision().to_hex(),
             chunk_size: MIB,
@@ -2092,6 +2103,7 @@ mod tests {
         let st = f.status(Some(&pb::DatasetRef {
             namespace: "ns".into(),
             name: "other".into(),
+            uid: String::new(),
         }));
         assert!(st.datasets.is_empty());
         assert_eq!(f.status(None).datasets.len(), 1);

@@ -222,6 +222,7 @@ impl SeedCluster {
         let dataset = pb::DatasetRef {
             namespace: ns.to_owned(),
             name: name.to_owned(),
+            uid: String::new(),
         };
         let token = self.cluster.control_token().to_owned();
         let asks = self.cluster.nodes().iter().map(|n| {

@@ -490,6 +490,7 @@ async fn s3_with_a_secret_seeds_and_every_unusable_spec_says_why() {
             dataset: Some(swarmseed_proto::pb::DatasetRef {
                 namespace: NS.into(),
                 name: "from-s3".into(),
+                uid: String::new(),
             }),
         })
         .await

@@ -343,6 +343,12 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
             Err(Status::internal("unreachable"))
         }
+        async fn sync_datasets(
+            &self,
+            _: Request<pb::SyncDatasetsRequest>,
+        ) -> Result<Response<pb::SyncDatasetsResponse>, Status> {
+            Ok(Response::new(pb::SyncDatasetsResponse::default()))
+        }
         async fn remove_dataset(
             &self,
             _: Request<pb::RemoveDatasetRequest>,

@@ -78,6 +78,7 @@ pub fn assignment(input: &AssignmentInput<'_>, node: &str) -> pb::Assignment {
         dataset: Some(pb::DatasetRef {
             namespace: input.namespace.to_owned(),
             name: input.name.to_owned(),
+            uid: String::new(),
         }),
         revision: input.layout.revision().to_hex(),
         chunk_size: input.layout.chunk_size(),

@@ -614,6 +614,7 @@ async fn release_deselected(
     let dataset = pb::DatasetRef {
         namespace: ns,
         name: ds.name_any(),
+        uid: String::new(),
     };
     let targets = others.iter().filter(|p| {
         p.ready && (!swept || assigned.contains(&p.node_name) || labelled.contains(&p.node_name))
@@ -774,6 +775,7 @@ async fn discover(
     let dataset = pb::DatasetRef {
         namespace: ns.to_owned(),
         name: name.to_owned(),
+        uid: String::new(),
     };
     let selected: Vec<AgentPod> = nodes
         .iter()
@@ -960,6 +962,7 @@ async fn cleanup(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
     let dataset = pb::DatasetRef {
         namespace: ns.clone(),
         name: name.clone(),
+        uid: String::new(),
     };
     let removals = agent_pods(pods.iter().map(|p| &**p))
         .into_values()

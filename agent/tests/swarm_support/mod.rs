@@ -499,6 +499,7 @@ pub async fn plan(
         dataset: Some(pb::DatasetRef {
             namespace: "ml".into(),
             name: "weights".into(),
+            uid: String::new(),
         }),
         revision: layout.revision().to_hex(),
         chunk_size,
