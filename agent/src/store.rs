@@ -1107,12 +1107,23 @@ fn remove_tree(path: &Path) -> Result<(), StoreError> {
             }
         }
     }
-    make_writable(path);
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(path)(e)),
+    // A transfer being stopped may still finish a write it began, making a
+    // file in a directory just emptied: take the tree again (a few times,
+    // briefly). Once a directory is gone, such writes fail: they hold it
+    // open by descriptor, not by path.
+    const ATTEMPTS: u32 = 20;
+    for attempt in 1.. {
+        make_writable(path);
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && attempt < ATTEMPTS => {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            Err(e) => return Err(io_err(path)(e)),
+        }
     }
+    Ok(())
 }
 
 fn tree_bytes(p: &Path) -> u64 {
