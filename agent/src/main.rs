@@ -177,8 +177,7 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
 
-    let peer_listener = tokio::net::TcpListener::bind(args.peer_listen)
-        .await
+    let peer_listener = peer_server::bind(args.peer_listen)
         .with_context(|| format!("binding the peer server to {}", args.peer_listen))?;
     let peer_port = peer_listener.local_addr()?.port();
     choose_congestion_control(&peer_listener, &args.peer_congestion_control);

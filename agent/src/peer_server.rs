@@ -18,7 +18,7 @@
 use crate::lock;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use swarmseed_proto::RevisionId;
 use tokio::io::Interest;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
@@ -52,6 +52,13 @@ const REQUEST_BUFFER: usize = 1024;
 /// [`wire::set_unsent_limit`]): announcements reach a peer soon after the
 /// chunk is verified here, even while pieces queue for it.
 const UNSENT_LIMIT: usize = 64 * 1024;
+
+/// Connections the kernel completes and queues for `accept` (it caps this
+/// at `net.core.somaxconn`). A burst of connections must find room there to
+/// be accepted and refused: past a full queue the kernel drops new SYNs,
+/// a real peer's among them, and holds connections its clients already
+/// think open. (The default of std and tokio is 128.)
+pub const ACCEPT_BACKLOG: u32 = 4096;
 
 /// How often a refusal at accept is logged at most (each is counted in
 /// `peer_handshakes_failed_total`).
@@ -255,6 +262,18 @@ impl Gate {
             .get_or_create(&ReasonLabels { reason: e.label() })
             .inc();
     }
+}
+
+/// Binds the peer server's listener, with [`ACCEPT_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(ACCEPT_BACKLOG)
 }
 
 pub async fn serve(
@@ -702,9 +721,8 @@ pub(crate) fn test_transfer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, SocketAddr};
+    use std::net::Ipv4Addr;
     use tokio::io::AsyncReadExt;
-    use tokio::net::TcpSocket;
 
     const TOKEN: [u8; 32] = [7; 32];
     /// Ample for anything local that should happen at once.
@@ -737,7 +755,7 @@ mod tests {
         async fn start(limits: HandshakeLimits) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let transfer = test_transfer(dir.path(), TOKEN, Default::default());
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
             let addr = listener.local_addr().unwrap();
             let metrics = Metrics::register(&mut Default::default());
             let shutdown = CancellationToken::new();
@@ -984,6 +1002,23 @@ mod tests {
                 wire::kind_name(kind)
             );
         }
+    }
+
+    /// A burst of connections is queued for accept whole, even while the
+    /// server is busy: past the queue the kernel would drop new SYNs.
+    #[tokio::test]
+    async fn a_burst_of_connections_fits_the_accept_queue() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Nothing accepts: every connection waits in the queue.
+        let connects = (0..300)
+            .map(|_| tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)));
+        let results = futures::future::join_all(connects).await;
+        let waiting = results.iter().filter(|r| !matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(
+            waiting, 0,
+            "{waiting} of 300 connections not queued within 500 ms"
+        );
     }
 
     #[test]
