@@ -32,7 +32,8 @@ pub enum HostileMode {
     Trickle,
     /// Silent, half-hello and trickle, slot by slot.
     Slow,
-    /// A HELLO header declaring 1 MiB, then 1 KiB every 200 ms.
+    /// A HELLO header declaring 1 MiB, then its body, 16 KiB every 50 ms,
+    /// all but the last byte.
     Oversize,
     /// Reads the server's first frame and closes, at once.
     Flood,
@@ -262,10 +263,17 @@ async fn exchange(stream: TcpStream, mode: HostileMode, deadline: tokio::time::I
                 }
             }
             HostileMode::Oversize => {
-                wr.write_all(&wire::header(wire::HELLO, 1 << 20)).await?;
-                loop {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    wr.write_all(&[0; 1024]).await?;
+                const BODY: usize = 1 << 20;
+                const PIECE: usize = 16 * 1024;
+                wr.write_all(&wire::header(wire::HELLO, BODY as u32))
+                    .await?;
+                let piece = [0u8; PIECE];
+                let mut sent = 0;
+                while sent < BODY - 1 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let n = PIECE.min(BODY - 1 - sent);
+                    wr.write_all(&piece[..n]).await?;
+                    sent += n;
                 }
             }
             HostileMode::Silent | HostileMode::Slow | HostileMode::Flood => {}
