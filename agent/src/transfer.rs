@@ -800,17 +800,21 @@ impl Transfer {
         // once more).
         let mut rd = BufReader::with_capacity(32 * 1024, rd);
 
-        // Handshake.
-        let (kind, len) = tokio::time::timeout(io_timeout, wire::read_header(&mut rd))
-            .await
-            .map_err(|_| SessionError::Timeout("server hello"))??;
-        let p = wire::read_control(&mut rd, len).await?;
-        if kind != wire::SERVER_HELLO || p.len() != 40 || p[..8] != wire::MAGIC {
-            return Err(SessionError::Protocol("expected SERVER_HELLO".into()));
+        // Handshake: each frame whole within the timeout, its length
+        // bounded by its kind before it is read.
+        let (kind, p) = tokio::time::timeout(
+            io_timeout,
+            wire::read_frame_of(&mut rd, &[wire::SERVER_HELLO, wire::ERROR]),
+        )
+        .await
+        .map_err(|_| SessionError::Timeout("server hello"))??;
+        if kind == wire::ERROR {
+            // A server with too many handshakes in progress says so.
+            return Err(SessionError::Refused(
+                String::from_utf8_lossy(&p).into_owned(),
+            ));
         }
-        let nonce: [u8; 32] = p[8..40]
-            .try_into()
-            .map_err(|_| SessionError::Protocol("nonce".into()))?;
+        let nonce = wire::parse_server_hello(&p)?;
         let rev = self.revision();
         let mac = wire::hello_mac(
             &self.token(),
@@ -827,10 +831,12 @@ impl Transfer {
             node: self.cfg.node_name.clone(),
         };
         wire::write_frame(&mut wr, wire::HELLO, &hello.encode()).await?;
-        let (kind, len) = tokio::time::timeout(io_timeout, wire::read_header(&mut rd))
-            .await
-            .map_err(|_| SessionError::Timeout("welcome"))??;
-        let p = wire::read_control(&mut rd, len).await?;
+        let (kind, p) = tokio::time::timeout(
+            io_timeout,
+            wire::read_frame_of(&mut rd, &[wire::WELCOME, wire::ERROR]),
+        )
+        .await
+        .map_err(|_| SessionError::Timeout("welcome"))??;
         self.mark_seen(&peer.node_name);
         match kind {
             wire::WELCOME if wire::parse_u32(&p)? == self.layout.chunk_count() => {}
@@ -999,7 +1005,7 @@ impl Transfer {
             let (kind, len) = wire::read_header(&mut rd).await?;
             match kind {
                 wire::HAVE => {
-                    let payload = wire::read_control(&mut rd, len).await?;
+                    let payload = wire::read_control(&mut rd, kind, len).await?;
                     let mut records = wire::decode_haves(&payload)?;
                     let fetchers = lock(&self.plan).fetchers.clone();
                     records.retain(|r| r.index < self.layout.chunk_count());
@@ -1088,7 +1094,7 @@ impl Transfer {
                     });
                 }
                 wire::REJECT => {
-                    let p = wire::read_control(&mut rd, len).await?;
+                    let p = wire::read_control(&mut rd, kind, len).await?;
                     let index = wire::parse_u32(&p)?;
                     if lock(outstanding).remove(&index) {
                         lock(&self.board).release(index);
@@ -1098,7 +1104,7 @@ impl Transfer {
                     let _ = events.send(SessionEvent::Resolved(0)).await;
                 }
                 wire::ERROR => {
-                    let p = wire::read_control(&mut rd, len).await?;
+                    let p = wire::read_control(&mut rd, kind, len).await?;
                     return Err(SessionError::Refused(
                         String::from_utf8_lossy(&p).into_owned(),
                     ));
@@ -1443,6 +1449,9 @@ impl<F: FnMut()> Drop for ScopeGuard<F> {
 fn scopeguard<F: FnMut()>(f: F) -> ScopeGuard<F> {
     ScopeGuard(f)
 }
+
+#[cfg(test)]
+mod peer_protocol_tests;
 
 #[cfg(test)]
 mod tests {
