@@ -29,6 +29,7 @@ pub struct Metrics {
     pub active_peers: Gauge,
     pub datasets: Gauge,
     pub origin_errors: Family<ReasonLabels, Counter>,
+    pub origin_outages: Counter,
 }
 
 impl Metrics {
@@ -79,6 +80,11 @@ impl Metrics {
             "origin_errors",
             "Failed origin reads, by reason",
             m.origin_errors.clone(),
+        );
+        r.register(
+            "origin_outages",
+            "Times a transfer began reporting an origin error: it needed the origin, reads failed, and none succeeded for 10 s",
+            m.origin_outages.clone(),
         );
         std::sync::Arc::new(m)
     }

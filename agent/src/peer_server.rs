@@ -99,6 +99,11 @@ async fn connection(stream: TcpStream, lookup: Arc<dyn TransferLookup>) -> io::R
     let Some(transfer) = lookup.find(&key, &hello.revision) else {
         return refuse(&mut wr, "unknown dataset or revision").await;
     };
+    // A failed copy serves nothing: its peers must not take it for a live
+    // fetcher (they fall back to the origin for what only it would read).
+    if transfer.is_failed() {
+        return refuse(&mut wr, "dataset failed on this node").await;
+    }
     let expected = wire::hello_mac(
         &transfer.token(),
         &nonce,
@@ -220,6 +225,9 @@ async fn write_loop(
             None => {
                 tokio::select! {
                     _ = queue.1.notified() => {},
+                    // Failed, replaced or removed: the session ends (the
+                    // client's next handshake learns why).
+                    _ = transfer.stopped() => return Ok(()),
                     r = haves.recv() => match r {
                         Ok(rec) => {
                             // Batch whatever else is already announced.
