@@ -1068,7 +1068,13 @@ impl RevisionFiles {
             .append(true)
             .open(&self.log_path)
             .map_err(io_err(&self.log_path))?;
-        f.write_all(&buf).map_err(io_err(&self.log_path))
+        let offset = f.metadata().map_or(0, |m| m.len());
+        f.write_all(&buf).map_err(|source| StoreError::Write {
+            path: self.log_path.display().to_string(),
+            offset,
+            bytes: buf.len() as u64,
+            source,
+        })
     }
 
     /// The chunk log as written (possibly with a torn last record).
