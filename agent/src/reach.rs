@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 pub struct PeerReach {
     started: Instant,
     peers: HashMap<String, Contact>,
+    /// Peers with a session now (asked on every request a session makes).
+    live: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -42,12 +44,16 @@ impl PeerReach {
         Self {
             started,
             peers: HashMap::new(),
+            live: 0,
         }
     }
 
     /// A session with `node` was established (it welcomed this node).
     pub fn session_opened(&mut self, node: &str, now: Instant) {
         let c = self.peers.entry(node.to_owned()).or_default();
+        if c.sessions == 0 {
+            self.live += 1;
+        }
         c.sessions += 1;
         c.last_up = Some(now);
     }
@@ -55,13 +61,16 @@ impl PeerReach {
     /// An established session with `node` ended: it was up until now.
     pub fn session_closed(&mut self, node: &str, now: Instant) {
         let c = self.peers.entry(node.to_owned()).or_default();
+        if c.sessions == 1 {
+            self.live -= 1;
+        }
         c.sessions = c.sessions.saturating_sub(1);
         c.last_up = Some(now);
     }
 
     /// Peers with an established session.
     pub fn live(&self) -> usize {
-        self.peers.values().filter(|c| c.sessions > 0).count()
+        self.live
     }
 
     /// Whether `node` has not been up for `after` (see the module
