@@ -56,8 +56,10 @@ struct Args {
     #[arg(long, env = "SWARMSEED_CONTROL_TOKEN_FILE")]
     control_token_file: PathBuf,
 
-    /// Read a chunk from the origin when every agent assigned to fetch it has
-    /// been unreachable for this long.
+    /// Read a chunk no connected peer holds from the origin when every agent
+    /// assigned to fetch it has been unreachable for this long: no session
+    /// with it (a refusal does not count: not assigned yet, refused or
+    /// failed its assignment).
     #[arg(long, env = "SWARMSEED_FALLBACK_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
     fallback_after: Duration,
 

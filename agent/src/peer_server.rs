@@ -102,6 +102,8 @@ enum HandshakeError {
     UnknownDataset(&'static str),
     #[error("bad credential")]
     BadCredential,
+    #[error("dataset failed on this node")]
+    Failed,
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -115,6 +117,7 @@ impl HandshakeError {
             Self::Malformed(_) => "malformed",
             Self::UnknownDataset(_) => "unknown_dataset",
             Self::BadCredential => "bad_credential",
+            Self::Failed => "dataset_failed",
             Self::Io(_) => "io",
         }
     }
@@ -471,6 +474,14 @@ async fn handshake(
         refuse(wr, &e.to_string()).await?;
         return Err(e);
     }
+    // A failed copy serves nothing: its peers must not take it for a live
+    // fetcher (they fall back to the origin for what only it would read).
+    // Said only to a client that proved it holds the token.
+    if transfer.is_failed() {
+        let e = HandshakeError::Failed;
+        refuse(wr, &e.to_string()).await?;
+        return Err(e);
+    }
     // Subscribe before the snapshot so no announcement falls in between.
     let haves = transfer.subscribe_haves();
     Ok((transfer, haves))
@@ -564,6 +575,9 @@ async fn write_loop(
             None => {
                 tokio::select! {
                     _ = queue.1.notified() => {},
+                    // Failed, replaced or removed: the session ends (the
+                    // client's next handshake learns why).
+                    _ = transfer.stopped() => return Ok(()),
                     r = haves.recv() => match r {
                         Ok(rec) => {
                             // Batch whatever else is already announced.
@@ -701,7 +715,7 @@ pub(crate) fn test_transfer(
         ..Default::default()
     };
     let layout = Arc::new(ChunkLayout::new(vec![file], 64 * 1024).expect("layout"));
-    let files = store.open_revision(&key, layout, None).expect("revision");
+    let files = store.open_revision(&key, layout, crate::store::Reuse::default()).expect("revision");
     let identity = crate::attest::Identity::load_or_create(&dir.join("key")).expect("key");
     Transfer::new(
         key,
