@@ -115,6 +115,14 @@ impl FetcherTable {
         Self { fetchers }
     }
 
+    /// Whether this plan names a fetcher that `earlier` does not: the
+    /// attestations it signed were refused under `earlier`.
+    pub fn adds_signers_to(&self, earlier: &FetcherTable) -> bool {
+        self.fetchers
+            .iter()
+            .any(|(_, k, _)| !earlier.fetchers.iter().any(|(_, e, _)| e == k))
+    }
+
     /// The ranges the plan gives to `key`.
     pub fn ranges_of(&self, key: &[u8; 32]) -> Vec<(u32, u32)> {
         self.fetchers
@@ -187,6 +195,18 @@ mod tests {
         tampered.digest = ChunkDigest([2; 32]);
         assert!(!table.accepts(&rev, &tampered));
         assert!(!table.accepts(&RevisionId([4; 32]), &good));
+    }
+
+    #[test]
+    fn a_plan_adds_signers_only_when_it_names_a_new_fetcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Identity::load_or_create(&dir.path().join("a.key")).unwrap();
+        let b = Identity::load_or_create(&dir.path().join("b.key")).unwrap();
+        // Moving a fetcher's ranges adds no one; naming another fetcher does.
+        assert!(!plan(&a, 5, 10).adds_signers_to(&plan(&a, 0, 10)));
+        assert!(plan(&b, 0, 10).adds_signers_to(&plan(&a, 0, 10)));
+        assert!(plan(&a, 0, 10).adds_signers_to(&FetcherTable::from_plan(&[])));
+        assert!(!FetcherTable::from_plan(&[]).adds_signers_to(&plan(&a, 0, 10)));
     }
 
     #[test]

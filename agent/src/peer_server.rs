@@ -715,7 +715,9 @@ pub(crate) fn test_transfer(
         ..Default::default()
     };
     let layout = Arc::new(ChunkLayout::new(vec![file], 64 * 1024).expect("layout"));
-    let files = store.open_revision(&key, layout, crate::store::Reuse::default()).expect("revision");
+    let files = store
+        .open_revision(&key, layout, crate::store::Reuse::default())
+        .expect("revision");
     let identity = crate::attest::Identity::load_or_create(&dir.join("key")).expect("key");
     Transfer::new(
         key,

@@ -468,7 +468,12 @@ impl Transfer {
     pub fn update_plan(self: &Arc<Self>, a: &pb::Assignment) -> Result<(), OriginError> {
         let plan = Self::plan_from(a, &self.cfg)?;
         let own = plan.fetchers.ranges_of(&self.identity.public_key());
-        *lock(&self.plan) = plan;
+        let new_signers = {
+            let mut current = lock(&self.plan);
+            let added = plan.fetchers.adds_signers_to(&current.fetchers);
+            *current = plan;
+            added
+        };
         {
             let mut board = lock(&self.board);
             for (s, e) in own {
@@ -479,6 +484,12 @@ impl Transfer {
         }
         self.bump();
         if !self.is_ready() && !self.cancel.is_cancelled() {
+            if new_signers {
+                // The peers' announcements of chunks these fetchers vouched
+                // for were refused under the old plan and are not sent
+                // again: new sessions get every peer's whole have-set.
+                self.stop_sessions();
+            }
             self.sync_sessions();
         }
         Ok(())

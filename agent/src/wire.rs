@@ -334,10 +334,15 @@ pub fn decode_haves(payload: &[u8]) -> io::Result<Vec<ChunkRecord>> {
             "torn HAVE frame",
         ));
     }
-    Ok(payload
-        .chunks_exact(ChunkRecord::LEN)
-        .filter_map(ChunkRecord::decode)
-        .collect())
+    // Sized up front: the records take about the payload's size, never the
+    // capacity a growing vector would round up to.
+    let mut records = Vec::with_capacity(payload.len() / ChunkRecord::LEN);
+    records.extend(
+        payload
+            .chunks_exact(ChunkRecord::LEN)
+            .filter_map(ChunkRecord::decode),
+    );
+    Ok(records)
 }
 
 /// The server's SERVER_HELLO payload.

@@ -668,3 +668,70 @@ async fn a_revision_that_failed_with_source_changed_hands_its_chunks_to_the_reli
         "the relisted revision read {second} bytes from the origin"
     );
 }
+
+/// A plan change must not lose what peers announced before it. A node
+/// whose plan did not name a fetcher yet refused the announcements that
+/// fetcher signed, and never looked at them again once its plan named it:
+/// with every chunk announced already, it waited for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_refused_under_an_older_plan_count_once_it_names_their_signer() {
+    let tmp = workdir();
+    let src = tmp.path().join("origin");
+    let total = generate(&src, &[6 * MIB], 30, 11);
+    let expected = tree(&src);
+    let http = HttpOrigin::start(&src).await;
+    let origin = http_origin(&http.url);
+    let files = list(&origin).await;
+    let nodes = tmp.path().join("nodes");
+    // No fallback to the origin during the test: node-1 can only get the
+    // chunks from node-0.
+    let agents = vec![
+        AgentProc::spawn(&nodes, "node-0", &[]),
+        AgentProc::spawn(&nodes, "node-1", &[("SWARMSEED_FALLBACK_AFTER", "10m")]),
+    ];
+    // Plan 2: node-0 reads everything. Node-1 still follows plan 1, whose
+    // fetcher has since gone.
+    let current = plan(&agents, 1, files, 256 * 1024, origin, 2).await;
+    let mut stale = current.clone();
+    stale.plan_generation = 1;
+    stale.fetchers = vec![pb::OriginFetcher {
+        node_name: "gone".into(),
+        public_key: ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+            .verifying_key()
+            .to_bytes()
+            .to_vec(),
+        ranges: current.fetchers[0].ranges.clone(),
+    }];
+    agents[1]
+        .client()
+        .await
+        .apply_assignment(stale)
+        .await
+        .unwrap();
+    agents[0]
+        .client()
+        .await
+        .apply_assignment(current.clone())
+        .await
+        .unwrap();
+    wait_ready(&agents[..1], &current.revision, Duration::from_secs(60)).await;
+    // Every chunk was announced to node-1 while its plan refused the
+    // signer; now the plan names it.
+    agents[1]
+        .client()
+        .await
+        .apply_assignment(current.clone())
+        .await
+        .unwrap();
+    let progress = wait_ready(&agents[1..], &current.revision, Duration::from_secs(30)).await;
+    assert_same_tree(&expected, &agents[1].dataset_dir("ml", "weights"));
+    assert_eq!(
+        progress[0].bytes_from_origin, 0,
+        "node-1 read from peers only"
+    );
+    assert!(
+        http.served() <= total + MIB,
+        "{} for {total}",
+        http.served()
+    );
+}
