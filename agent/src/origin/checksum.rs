@@ -351,6 +351,34 @@ mod tests {
         ));
     }
 
+    /// What checking a whole file costs, per algorithm (not run by
+    /// default: `cargo test --release -p agent --lib checksum_throughput --
+    /// --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn checksum_throughput() {
+        let data = vec![7u8; 64 << 20];
+        for algorithm in [
+            Algorithm::GitSha1,
+            Algorithm::Md5,
+            Algorithm::Sha256,
+            Algorithm::Sha512,
+        ] {
+            let start = std::time::Instant::now();
+            let mut rounds = 0;
+            while start.elapsed() < std::time::Duration::from_secs(1) {
+                std::hint::black_box(Checksum::of(algorithm, &data));
+                rounds += 1;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let mib_s = (rounds * 64) as f64 / secs;
+            println!(
+                "{algorithm:?}: {mib_s:.0} MiB/s ({:.2} ms per MiB)",
+                1000.0 / mib_s
+            );
+        }
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
