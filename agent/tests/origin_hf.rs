@@ -359,6 +359,16 @@ async fn lists_a_model_at_a_commit_across_pages() {
         .unwrap();
     let paths: Vec<_> = only.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["model-00001.safetensors"]);
+    assert_eq!(only.weak_validators.count, 0);
+
+    // Globs that keep nothing: no files, as for every other source.
+    let err = client.list(&["*.gguf".to_string()], &[]).await.unwrap_err();
+    assert_eq!(err.label(), "no_files", "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("6 file(s) listed, none matches include [\"*.gguf\"]"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -731,3 +731,37 @@ async fn with_a_digest_offered_a_rewrite_in_place_is_refused_naming_the_file() {
         &b"{\"a\": 2}"[..]
     );
 }
+
+/// A listing answer is bounded before it is read: a server announcing more
+/// than the bound is refused at once, without reading the body.
+#[tokio::test]
+async fn an_oversized_listing_is_refused_before_it_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                            content-length: 300000000\r\n\r\n[";
+                let _ = socket.write_all(head.as_bytes()).await;
+                // Then nothing: a client that waited for the body would hang.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let started = Instant::now();
+    let err = OriginClient::new(&origin(format!("http://{address}/")), fast())
+        .unwrap()
+        .list(&[], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.label(), "protocol", "{err}");
+    assert!(
+        err.to_string().contains("larger than 268435456 bytes"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

@@ -440,6 +440,21 @@ mod tests {
         assert_eq!(report.failed.as_deref(), Some("bad page"));
     }
 
+    #[tokio::test]
+    async fn answers_are_read_up_to_their_bound() {
+        let page = Bytes::from(vec![b'x'; MAX_PAGE_BYTES]);
+        let read = read_capped(page.clone().into(), MAX_PAGE_BYTES)
+            .await
+            .unwrap();
+        assert_eq!(read.len(), MAX_PAGE_BYTES);
+        let over = Bytes::from(vec![b'x'; MAX_PAGE_BYTES + 1]);
+        let err = read_capped(over.into(), MAX_PAGE_BYTES).await.unwrap_err();
+        assert!(
+            err.to_string().contains("larger than 16777216 bytes"),
+            "{err}"
+        );
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;

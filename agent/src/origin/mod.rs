@@ -604,6 +604,81 @@ mod tests {
     }
 
     #[test]
+    fn listings_are_bounded_while_they_are_read() {
+        let mut t = Tally::default();
+        t.listed("u", MAX_LISTED_ENTRIES, 0).unwrap();
+        let err = t.listed("u", 1, 1).unwrap_err();
+        assert_eq!(err.label(), "too_large");
+        assert_eq!(err.reason(), "InvalidSource");
+        assert!(
+            err.to_string().contains("more than 16000000 entries"),
+            "{err}"
+        );
+
+        let mut t = Tally::default();
+        t.add_bytes("u", layout::MAX_LISTING_BYTES).unwrap();
+        let err = t.keep("u", 1).unwrap_err();
+        assert!(err.to_string().contains("include/exclude"), "{err}");
+
+        let mut t = Tally {
+            kept: layout::MAX_FILES,
+            ..Tally::default()
+        };
+        let err = t.keep("u", 1).unwrap_err();
+        assert!(err.to_string().contains("more than 4000000 files"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_listing_says_what_matched_nothing() {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let none = Tally::default();
+        assert_eq!(none.why_empty(&[], &[]), "the origin lists no file there");
+        let two = Tally {
+            files_listed: 2,
+            ..Tally::default()
+        };
+        assert_eq!(
+            two.why_empty(&strings(&["*.bin"]), &[]),
+            "2 file(s) listed, none matches include [\"*.bin\"]"
+        );
+        assert_eq!(
+            two.why_empty(&strings(&["*.bin"]), &strings(&["a*"])),
+            "2 file(s) listed, none matches include [\"*.bin\"] without matching exclude [\"a*\"]"
+        );
+        assert_eq!(
+            two.why_empty(&[], &strings(&["**"])),
+            "2 file(s) listed, exclude [\"**\"] matches them all"
+        );
+    }
+
+    #[test]
+    fn weak_validators_name_a_few_files_and_the_remedy() {
+        let file = |path: &str, etag: &str| FileEntry {
+            path: path.into(),
+            size: 10,
+            etag: etag.into(),
+            ..Default::default()
+        };
+        let files = [
+            file("a", "\"65f0a1b2-a\""),
+            file("b", "\"0123456789abcdef0123456789abcdef\""),
+            file("c", "W/\"x\""),
+            file("d", ""),
+            file("e", "\"65f0a1b2-a\""),
+        ];
+        let weak = WeakValidators::of(&files, http::is_weak);
+        assert_eq!(weak.count, 4);
+        assert_eq!(weak.examples, ["a", "c", "d"]);
+        let message = weak.message().unwrap();
+        assert!(
+            message.starts_with("4 file(s) (a, c, d, ...) are pinned only by a weak validator"),
+            "{message}"
+        );
+        assert!(message.contains("spec.digest"), "{message}");
+        assert_eq!(WeakValidators::default().message(), None);
+    }
+
+    #[test]
     fn secrets_stay_out_of_logs_and_errors() {
         let mut origin = Origin {
             uri: "hf://o/r".into(),
