@@ -1,12 +1,16 @@
-//! The fault matrix of issue 18: one test per row, each disturbing the
-//! whole product (real agents, the operator, kubectl, real origins) on a
-//! namespace cluster. Needs root and the release binaries
-//! (`cargo build --release --bins`); without root every row prints SKIP.
+//! The fault matrix: one named test per row, each a real cluster (nodes in
+//! network namespaces, shaped links, the release binaries) put through one
+//! fault and checked for what a user relies on afterwards: identical bytes
+//! where a Dataset is Ready, a condition naming the fault where it is not,
+//! nothing partial at a published path. Run after `cargo build --release
+//! --bins`.
 //!
-//! Rows by module: `origin` (unsafe object keys; a file changed at the
-//! origin before and during its read).
+//! Rows by module: `hostile_peers`, `storage`, `origin` (unsafe object
+//! keys; a file changed at the origin before and during its read).
 
 // Tests unwrap like tests do.
 #![allow(clippy::unwrap_used)]
 
+mod hostile_peers;
 mod origin;
+mod storage;
