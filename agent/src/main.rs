@@ -239,8 +239,12 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let control = {
-        let svc = AgentControlServer::with_interceptor(
-            ControlService::new(agent.clone()),
+        // An assignment carries the whole listing: tonic's default of
+        // 4 MiB would refuse datasets of a few tens of thousands of files.
+        // The token is checked before a body is decoded.
+        let svc = tonic::service::interceptor::InterceptedService::new(
+            AgentControlServer::new(ControlService::new(agent.clone()))
+                .max_decoding_message_size(swarmseed_proto::layout::MAX_ASSIGNMENT_BYTES),
             ControlAuth::new(&token),
         );
         let shutdown = shutdown.clone();

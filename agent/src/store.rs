@@ -742,6 +742,7 @@ impl RevisionFiles {
             && old.mode == f.mode
             && old.etag == f.etag
             && old.version == f.version
+            && old.checksum == f.checksum
             && !f.etag.is_empty();
         same.then_some(i as u32)
     }

@@ -34,6 +34,31 @@ struct RepoFile {
     oid: String,
 }
 
+impl RepoFile {
+    /// A file with the Hub's id for it: the content's SHA-256 for LFS,
+    /// git's blob id otherwise.
+    fn new(content: Bytes, lfs: bool) -> Self {
+        let oid = if lfs {
+            hex(ring::digest::digest(&ring::digest::SHA256, &content).as_ref())
+        } else {
+            git_blob_id(&content)
+        };
+        Self { content, lfs, oid }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `git hash-object` of `content`.
+fn git_blob_id(content: &[u8]) -> String {
+    let mut h = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    h.update(format!("blob {}\0", content.len()).as_bytes());
+    h.update(content);
+    hex(h.finish().as_ref())
+}
+
 struct Hub {
     /// "models/org/name" or "datasets/org/name" → path → file, at SHA.
     repos: BTreeMap<String, BTreeMap<String, RepoFile>>,
@@ -210,52 +235,19 @@ struct Fixture {
 
 fn model_files() -> BTreeMap<String, RepoFile> {
     let mut files = BTreeMap::new();
-    let mut add = |path: &str, content: Bytes, lfs: bool, oid: &str| {
-        files.insert(
-            path.to_owned(),
-            RepoFile {
-                content,
-                lfs,
-                oid: oid.to_owned(),
-            },
-        );
+    let mut add = |path: &str, content: Bytes, lfs: bool| {
+        files.insert(path.to_owned(), RepoFile::new(content, lfs));
     };
-    add(
-        "config.json",
-        Bytes::from_static(b"{\"hidden\": 8}"),
-        false,
-        "aaaa000000000000000000000000000000000001",
-    );
-    add(
-        "README.md",
-        Bytes::from_static(b"# model"),
-        false,
-        "aaaa000000000000000000000000000000000002",
-    );
-    add(
-        "model-00001.safetensors",
-        content(150_000, 1),
-        true,
-        &"1".repeat(64),
-    );
-    add(
-        "model-00002.safetensors",
-        content(90_001, 2),
-        true,
-        &"2".repeat(64),
-    );
+    add("config.json", Bytes::from_static(b"{\"hidden\": 8}"), false);
+    add("README.md", Bytes::from_static(b"# model"), false);
+    add("model-00001.safetensors", content(150_000, 1), true);
+    add("model-00002.safetensors", content(90_001, 2), true);
     add(
         "tokenizer/vocab.txt",
         Bytes::from_static(b"a\nb\nc\n"),
         false,
-        "aaaa000000000000000000000000000000000003",
     );
-    add(
-        "tokenizer/merges txt",
-        Bytes::from_static(b"ab"),
-        false,
-        "aaaa000000000000000000000000000000000004",
-    );
+    add("tokenizer/merges txt", Bytes::from_static(b"ab"), false);
     files
 }
 
@@ -265,27 +257,15 @@ async fn fixture() -> Fixture {
     let mut ds = BTreeMap::new();
     ds.insert(
         "train/part-0.parquet".to_owned(),
-        RepoFile {
-            content: content(5000, 7),
-            lfs: true,
-            oid: "7".repeat(64),
-        },
+        RepoFile::new(content(5000, 7), true),
     );
     ds.insert(
         "train/meta.json".to_owned(),
-        RepoFile {
-            content: Bytes::from_static(b"{}"),
-            lfs: false,
-            oid: "bbbb".repeat(10),
-        },
+        RepoFile::new(Bytes::from_static(b"{}"), false),
     );
     ds.insert(
         "test/part-0.parquet".to_owned(),
-        RepoFile {
-            content: content(10, 8),
-            lfs: false,
-            oid: "cccc".repeat(10),
-        },
+        RepoFile::new(content(10, 8), false),
     );
     repos.insert("datasets/org/data".to_owned(), ds);
     let cdn = Arc::new(Cdn::default());
@@ -361,12 +341,15 @@ async fn lists_a_model_at_a_commit_across_pages() {
     let lfs = entry(&listing.files, "model-00002.safetensors");
     assert_eq!(
         (lfs.size, lfs.etag.as_str()),
-        (90_001, "2".repeat(64).as_str())
+        (
+            90_001,
+            hex(ring::digest::digest(&ring::digest::SHA256, &content(90_001, 2)).as_ref()).as_str()
+        )
     );
     let small = entry(&listing.files, "config.json");
     assert_eq!(
         (small.size, small.etag.as_str()),
-        (13, "aaaa000000000000000000000000000000000001")
+        (13, git_blob_id(b"{\"hidden\": 8}").as_str())
     );
     assert!(listing.files.iter().all(|f| f.mode == 0o444));
 
@@ -376,6 +359,16 @@ async fn lists_a_model_at_a_commit_across_pages() {
         .unwrap();
     let paths: Vec<_> = only.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["model-00001.safetensors"]);
+    assert_eq!(only.weak_validators.count, 0);
+
+    // Globs that keep nothing: no files, as for every other source.
+    let err = client.list(&["*.gguf".to_string()], &[]).await.unwrap_err();
+    assert_eq!(err.label(), "no_files", "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("6 file(s) listed, none matches include [\"*.gguf\"]"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -490,4 +483,35 @@ async fn missing_repositories_revisions_and_tokens_are_reported() {
     assert_eq!(err.label(), "denied");
     assert_eq!(err.reason(), "SourceDenied");
     assert!(err.to_string().contains("HF_TOKEN is not set"), "{err}");
+}
+
+#[tokio::test]
+async fn a_whole_file_whose_bytes_are_not_its_listed_id_is_refused() {
+    let fx = fixture().await;
+    let client = OriginClient::new(&origin(&fx, "hf://org/model", true), options()).unwrap();
+    let listing = client.list(&[], &[]).await.unwrap();
+    let model = entry(&listing.files, "model-00002.safetensors").clone();
+    // The CDN serves other bytes under the listed LFS id (a stale or
+    // corrupt object): a read of the whole file hashes it and refuses.
+    let tampered = {
+        let mut b = content(90_001, 2).to_vec();
+        b[45_000] ^= 1;
+        Bytes::from(b)
+    };
+    fx.cdn
+        .blobs
+        .lock()
+        .unwrap()
+        .insert(model.etag.clone(), tampered.clone());
+    let err = client.read_range(&model, 0..90_001).await.unwrap_err();
+    assert_eq!(
+        err,
+        OriginError::Changed {
+            path: "model-00002.safetensors".into()
+        }
+    );
+    // A part of a file cannot be hashed alone: its bytes come back as
+    // served (the chunk digests and spec.digest guard those).
+    let part = client.read_range(&model, 0..1000).await.unwrap();
+    assert_eq!(part, tampered.slice(0..1000));
 }

@@ -34,6 +34,15 @@ struct Site {
     /// Answer HEAD with 405, like servers (and GET-only presigned URLs)
     /// that do not do HEAD.
     no_head: AtomicBool,
+    /// ETags as nginx makes them, from modification time and size
+    /// (`"<mtime hex>-<size hex>"`), with every file's mtime the same.
+    nginx_etags: AtomicBool,
+    /// Send `Repr-Digest: sha-256=…` of the current content (HEAD and GET).
+    repr_digest: AtomicBool,
+    /// ... but only in answers to HEAD.
+    repr_digest_head_only: AtomicBool,
+    /// Extra raw listing entries of the top directory (a hostile server).
+    extra_entries: Mutex<Vec<serde_json::Value>>,
     /// Bearer token required when set.
     token: Mutex<Option<String>>,
     requests: AtomicU32,
@@ -48,6 +57,23 @@ impl Site {
         let mut files = self.files.lock().unwrap();
         let generation = files.get(path).map_or(1, |(_, g)| g + 1);
         files.insert(path.to_owned(), (content.into(), generation));
+    }
+
+    /// Rewrites a file in place keeping its generation: with nginx ETags,
+    /// the same size and mtime give the same ETag.
+    fn rewrite_in_place(&self, path: &str, content: impl Into<Bytes>) {
+        let mut files = self.files.lock().unwrap();
+        let generation = files.get(path).map_or(1, |(_, g)| *g);
+        files.insert(path.to_owned(), (content.into(), generation));
+    }
+
+    fn etag(&self, path: &str, content: &Bytes, generation: u32) -> String {
+        if self.nginx_etags.load(Ordering::SeqCst) {
+            // mtime 2026-11-25 06:00:00 UTC, as every file's.
+            format!("\"{:x}-{:x}\"", 1_795_586_400u64, content.len())
+        } else {
+            etag(path, generation)
+        }
     }
 }
 
@@ -113,7 +139,11 @@ fn answer(site: &Site, method: Method, uri: Uri, headers: HeaderMap) -> Response
         if entries.is_empty() && !path.is_empty() {
             return respond(StatusCode::NOT_FOUND);
         }
-        let body = serde_json::to_vec(&entries.into_values().collect::<Vec<_>>()).unwrap();
+        let mut entries: Vec<_> = entries.into_values().collect();
+        if path.is_empty() {
+            entries.extend(site.extra_entries.lock().unwrap().iter().cloned());
+        }
+        let body = serde_json::to_vec(&entries).unwrap();
         return Response::builder()
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(body))
@@ -122,8 +152,15 @@ fn answer(site: &Site, method: Method, uri: Uri, headers: HeaderMap) -> Response
     let Some((content, generation)) = files.get(&path).cloned() else {
         return respond(StatusCode::NOT_FOUND);
     };
-    let tag = etag(&path, generation);
-    let builder = Response::builder()
+    let tag = site.etag(&path, &content, generation);
+    let mut builder = Response::builder();
+    if site.repr_digest.load(Ordering::SeqCst)
+        && (method == Method::HEAD || !site.repr_digest_head_only.load(Ordering::SeqCst))
+    {
+        let sha = ring::digest::digest(&ring::digest::SHA256, &content);
+        builder = builder.header("repr-digest", format!("sha-256=:{}:", base64(sha.as_ref())));
+    }
+    let builder = builder
         .header(header::ETAG, &tag)
         .header(header::LAST_MODIFIED, "Wed, 25 Nov 2026 06:00:00 GMT")
         .header(header::ACCEPT_RANGES, "bytes");
@@ -146,6 +183,11 @@ fn answer(site: &Site, method: Method, uri: Uri, headers: HeaderMap) -> Response
         return builder.body(Body::from(content)).unwrap();
     }
     serve_range(&content, &headers, builder)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 async fn start(site: Arc<Site>) -> String {
@@ -510,4 +552,216 @@ async fn concurrent_requests_are_bounded_per_client() {
         assert_eq!(got.unwrap(), want.slice(i * 1000..(i + 1) * 1000));
     }
     assert_eq!(site.max_in_flight.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_empty_directory_or_globs_that_match_nothing_have_no_files() {
+    let empty = Arc::new(Site::default());
+    let base = start(empty).await;
+    let uri = format!("{base}/");
+    let err = OriginClient::new(&origin(uri.clone()), fast())
+        .unwrap()
+        .list(&[], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        OriginError::NoFiles {
+            uri,
+            detail: "the origin lists no file there".into()
+        }
+    );
+    assert_eq!(err.reason(), "InvalidSource");
+
+    let base = start(sample_site()).await;
+    let uri = format!("{base}/data/");
+    let client = OriginClient::new(&origin(uri.clone()), fast()).unwrap();
+    let err = client
+        .list(&strings(&["**/*.parquet"]), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "InvalidSource");
+    assert_eq!(
+        err.to_string(),
+        format!("{uri}: no files: 6 file(s) listed, none matches include [\"**/*.parquet\"]")
+    );
+    let err = client.list(&[], &strings(&["**"])).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("6 file(s) listed, exclude [\"**\"] matches them all"),
+        "{err}"
+    );
+    // One file, filtered out.
+    let single = OriginClient::new(&origin(format!("{base}/data/config.json")), fast()).unwrap();
+    let err = single.list(&strings(&["*.bin"]), &[]).await.unwrap_err();
+    assert_eq!(err.label(), "no_files", "{err}");
+}
+
+#[tokio::test]
+async fn unusable_names_in_a_directory_listing_are_refused_naming_them() {
+    let long = format!("{}.bin", "n".repeat(253));
+    let cases = [
+        (
+            serde_json::json!({"name": "x.txt/", "type": "file", "size": 1}),
+            "x.txt/",
+        ),
+        (serde_json::json!({"name": "..", "type": "directory"}), ".."),
+        (
+            serde_json::json!({"name": long, "type": "file", "size": 1}),
+            long.as_str(),
+        ),
+        (
+            serde_json::json!({"name": "a/b", "type": "file", "size": 1}),
+            "a/b",
+        ),
+    ];
+    for (raw, name) in cases {
+        let site = sample_site();
+        site.extra_entries.lock().unwrap().push(raw);
+        let base = start(site).await;
+        let err = OriginClient::new(&origin(format!("{base}/")), fast())
+            .unwrap()
+            .list(&[], &[])
+            .await
+            .unwrap_err();
+        assert_eq!(err.label(), "unusable_name", "{name}: {err}");
+        assert_eq!(err.reason(), "InvalidSource");
+        assert!(err.to_string().contains(&format!("{name:?}")), "{err}");
+    }
+}
+
+/// nginx's ETag is `"<mtime>-<size>"`: a file rewritten in place at the
+/// same size within the same second keeps it, and reads pinned to it can
+/// mix old and new bytes. The listing says so.
+#[tokio::test]
+async fn an_nginx_style_rewrite_in_place_is_reported_as_a_weak_validator() {
+    let site = sample_site();
+    site.nginx_etags.store(true, Ordering::SeqCst);
+    let base = start(site.clone()).await;
+    let client = OriginClient::new(&origin(format!("{base}/data/")), fast()).unwrap();
+    let listing = client.list(&[], &[]).await.unwrap();
+    let weak = &listing.weak_validators;
+    // Every file but the empty one (an empty file cannot mix).
+    assert_eq!(weak.count, 5);
+    assert_eq!(
+        weak.examples,
+        [
+            "a dir/with #odd name.txt",
+            "config.json",
+            "weights/model-00001.safetensors"
+        ]
+    );
+    let message = weak.message().unwrap();
+    assert!(message.starts_with("5 file(s) (a dir/with #odd name.txt, config.json, weights/model-00001.safetensors, ...)"), "{message}");
+    assert!(message.contains("spec.digest"), "{message}");
+
+    // Why it matters: the first half read, the file rewritten in place,
+    // the second half read, and nothing noticed.
+    let model = entry(&listing.files, "weights/model-00001.safetensors");
+    let first = client.read_range(model, 0..150_000).await.unwrap();
+    site.rewrite_in_place("data/weights/model-00001.safetensors", content(300_000, 77));
+    let second = client.read_range(model, 150_000..300_000).await.unwrap();
+    assert_eq!(first, content(300_000, 1).slice(..150_000));
+    assert_eq!(second, content(300_000, 77).slice(150_000..));
+
+    // Content-derived ETags are not weak.
+    let strong = OriginClient::new(
+        &origin(format!("{}/data/", start(sample_site()).await)),
+        fast(),
+    )
+    .unwrap()
+    .list(&[], &[])
+    .await
+    .unwrap();
+    assert_eq!(strong.weak_validators.count, 0);
+    assert_eq!(strong.weak_validators.message(), None);
+}
+
+/// The same rewrite, from an origin that offers a digest of the content:
+/// refused, naming the file, instead of mixing bytes.
+#[tokio::test]
+async fn with_a_digest_offered_a_rewrite_in_place_is_refused_naming_the_file() {
+    let site = sample_site();
+    site.nginx_etags.store(true, Ordering::SeqCst);
+    site.repr_digest.store(true, Ordering::SeqCst);
+    let base = start(site.clone()).await;
+    let client = OriginClient::new(&origin(format!("{base}/data/")), fast()).unwrap();
+    let listing = client.list(&[], &[]).await.unwrap();
+    assert_eq!(listing.weak_validators.count, 0);
+    let model = entry(&listing.files, "weights/model-00001.safetensors");
+    assert!(model.checksum.starts_with("sha256:"), "{model:?}");
+
+    // A big file read in parts: each answer repeats the digest.
+    let first = client.read_range(model, 0..150_000).await.unwrap();
+    assert_eq!(first, content(300_000, 1).slice(..150_000));
+    site.rewrite_in_place("data/weights/model-00001.safetensors", content(300_000, 77));
+    let err = client
+        .read_range(model, 150_000..300_000)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        OriginError::Changed {
+            path: "weights/model-00001.safetensors".into()
+        }
+    );
+    assert_eq!(err.reason(), "SourceChanged");
+
+    // A small file read whole, from a server that sends the digest only
+    // to HEAD: the bytes are hashed.
+    site.repr_digest_head_only.store(true, Ordering::SeqCst);
+    let config = entry(&listing.files, "config.json");
+    assert_eq!(
+        client.read_range(config, 0..8).await.unwrap(),
+        &b"{\"a\": 1}"[..]
+    );
+    site.rewrite_in_place("data/config.json", &b"{\"a\": 2}"[..]);
+    let err = client.read_range(config, 0..8).await.unwrap_err();
+    assert_eq!(
+        err,
+        OriginError::Changed {
+            path: "config.json".into()
+        }
+    );
+    // A relisting records the new digest and reads the new content.
+    let relisted = client.list(&[], &[]).await.unwrap();
+    let config = entry(&relisted.files, "config.json");
+    assert_eq!(
+        client.read_range(config, 0..8).await.unwrap(),
+        &b"{\"a\": 2}"[..]
+    );
+}
+
+/// A listing answer is bounded before it is read: a server announcing more
+/// than the bound is refused at once, without reading the body.
+#[tokio::test]
+async fn an_oversized_listing_is_refused_before_it_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                            content-length: 300000000\r\n\r\n[";
+                let _ = socket.write_all(head.as_bytes()).await;
+                // Then nothing: a client that waited for the body would hang.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let started = Instant::now();
+    let err = OriginClient::new(&origin(format!("http://{address}/")), fast())
+        .unwrap()
+        .list(&[], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.label(), "protocol", "{err}");
+    assert!(
+        err.to_string().contains("larger than 268435456 bytes"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
 }

@@ -60,6 +60,19 @@ impl Moto {
             .unwrap()
     }
 
+    /// Stores `body` under exactly `key` (object_store would normalize a
+    /// key with a leading or trailing `/`); moto takes unsigned PUTs.
+    async fn put_raw(&self, bucket: &str, key: &str, body: &'static [u8]) {
+        let response = reqwest::Client::new()
+            .put(format!("{}/{bucket}/{key}", self.endpoint))
+            .body(body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+
     fn origin(&self, uri: &str) -> Origin {
         let mut origin = Origin {
             uri: uri.into(),
@@ -163,7 +176,7 @@ async fn lists_reads_and_detects_changes_on_s3() {
 }
 
 #[tokio::test]
-async fn missing_buckets_and_prefixes_are_not_found() {
+async fn missing_buckets_are_not_found_and_empty_prefixes_have_no_files() {
     let moto = Moto::start();
     let store = moto.create_bucket("data").await;
     store
@@ -187,7 +200,26 @@ async fn missing_buckets_and_prefixes_are_not_found() {
         .list(&[], &[])
         .await
         .unwrap_err();
-    assert_eq!(err.label(), "not_found", "{err}");
+    assert_eq!(
+        err,
+        OriginError::NoFiles {
+            uri: "s3://data/absent".into(),
+            detail: "the origin lists no file there".into()
+        }
+    );
+    assert_eq!(err.reason(), "InvalidSource");
+    // Files there, but the globs keep none: the message says which.
+    let err = OriginClient::new(&moto.origin("s3://data/present"), options())
+        .unwrap()
+        .list(&["*.json".into()], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.label(), "no_files", "{err}");
+    assert!(
+        err.to_string()
+            .contains("1 file(s) listed, none matches include [\"*.json\"]"),
+        "{err}"
+    );
 
     // The whole bucket, unsigned (no credentials: public-bucket mode);
     // moto lets anyone list.
@@ -205,4 +237,67 @@ async fn missing_buckets_and_prefixes_are_not_found() {
     assert_eq!(err.label(), "denied", "{err}");
     assert_eq!(err.reason(), "SourceDenied");
     assert!(err.to_string().contains("403"), "{err}");
+}
+
+/// Keys that are not the names object_store lists them under: refused when
+/// listing, naming the key as the bucket holds it (never stripped into
+/// another name that fails later as "changed"); directory markers skipped.
+#[tokio::test]
+async fn keys_that_do_not_round_trip_are_refused_naming_the_key() {
+    let moto = Moto::start();
+    for bucket in ["abs", "dirs", "markers", "deep"] {
+        moto.create_bucket(bucket).await;
+    }
+    let list = |uri: &str| {
+        let client = OriginClient::new(&moto.origin(uri), options()).unwrap();
+        async move { client.list(&[], &[]).await }
+    };
+
+    // A leading '/': listed by object_store as "abs.txt", which does not exist.
+    moto.put_raw("abs", "/abs.txt", b"abs").await;
+    moto.put_raw("abs", "ok.txt", b"ok").await;
+    let err = list("s3://abs").await.unwrap_err();
+    assert_eq!(err.label(), "unusable_name", "{err}");
+    assert_eq!(err.reason(), "InvalidSource");
+    let message = err.to_string();
+    assert!(
+        message.contains("object key \"/abs.txt\" starts with '/'"),
+        "{message}"
+    );
+
+    // A trailing '/' on an object with data: it would become a file "dir".
+    moto.put_raw("dirs", "p/dir/", b"7 bytes").await;
+    moto.put_raw("dirs", "p/ok.bin", b"x").await;
+    let err = list("s3://dirs/p").await.unwrap_err();
+    assert_eq!(err.label(), "unusable_name", "{err}");
+    assert!(
+        err.to_string()
+            .contains("object key \"p/dir/\" ends with '/'"),
+        "{err}"
+    );
+
+    // Empty markers are directories, not files: "e/" is not published as
+    // an empty file "e", and the prefix's own marker is skipped too.
+    moto.put_raw("markers", "p/", b"").await;
+    moto.put_raw("markers", "p/e/", b"").await;
+    moto.put_raw("markers", "p/sub/", b"").await;
+    moto.put_raw("markers", "p/sub/x.bin", b"xyz").await;
+    let listing = list("s3://markers/p").await.unwrap();
+    let paths: Vec<_> = listing.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["sub/x.bin"]);
+    assert_eq!(listing.weak_validators.count, 0);
+    let err = list("s3://markers/p/e").await.unwrap_err();
+    assert_eq!(err.label(), "no_files", "{err}");
+
+    // A name no node can create (a segment over 255 bytes), and an empty
+    // segment (which object_store refuses to list at all): both named.
+    let long = format!("deep/{}.bin", "n".repeat(252));
+    moto.put_raw("deep", &long, b"x").await;
+    let err = list("s3://deep/deep").await.unwrap_err();
+    assert_eq!(err.label(), "unusable_name", "{err}");
+    assert!(err.to_string().contains("longer than 255 bytes"), "{err}");
+    moto.put_raw("deep", "empty//segment.bin", b"x").await;
+    let err = list("s3://deep/empty").await.unwrap_err();
+    assert_eq!(err.label(), "unusable_name", "{err}");
+    assert!(err.to_string().contains("\"empty//segment.bin\""), "{err}");
 }

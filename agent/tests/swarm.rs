@@ -248,6 +248,8 @@ async fn unsafe_listed_paths_are_refused_and_nothing_is_written_outside_the_root
         "a\0b",
         "a\\b",
         "..",
+        // A name no filesystem holds (NAME_MAX is 255 bytes).
+        &format!("d/{}", "n".repeat(256)),
     ] {
         let err = client
             .apply_assignment(assignment(vec![entry(bad)], "0".repeat(64)))
@@ -339,6 +341,38 @@ async fn reapplying_moves_nothing_and_a_new_revision_moves_only_what_changed() {
         origin_now as f64 <= 0.12 * total as f64,
         "origin {origin_now}"
     );
+}
+
+/// A listing of tens of thousands of files makes an assignment larger than
+/// gRPC's default message limit (4 MiB): agents take it up to the listing
+/// bound the operator enforces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_of_a_hundred_thousand_files_is_accepted() {
+    let tmp = workdir();
+    let agents = spawn_agents(&tmp.path().join("nodes"), 1);
+    let files: Vec<pb::FileEntry> = (0..100_000)
+        .map(|i| pb::FileEntry {
+            path: format!("shard-{:03}/sample-{i:08}.json", i / 1000),
+            size: 16,
+            etag: format!("\"{:032x}\"", i),
+            ..Default::default()
+        })
+        .collect();
+    let a = plan(
+        &agents,
+        1,
+        files,
+        MIB,
+        http_origin("http://127.0.0.1:9/"),
+        1,
+    )
+    .await;
+    let size = prost::Message::encoded_len(&a);
+    assert!(size > 6 << 20, "{size} bytes");
+    let applied = apply_all(&agents, &a).await;
+    assert!(applied[0].changed);
+    let progress = progress(&agents[0]).await.unwrap();
+    assert_eq!(progress.revision, a.revision);
 }
 
 /// Applies `a` on `agent`, returning the refusal instead of panicking.

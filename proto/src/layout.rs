@@ -26,6 +26,15 @@ pub const MIN_CHUNK_SIZE: u64 = 64 * 1024;
 pub const MAX_CHUNK_SIZE: u64 = 256 * 1024 * 1024;
 /// Upper bound on files in one dataset (keeps one listing in memory sane).
 pub const MAX_FILES: usize = 4_000_000;
+/// Upper bound on the size of a listing as an assignment carries it (the
+/// protobuf encoding of its files): 256 MiB, about 2.5 million files whose
+/// path and ETag take 100 bytes. The operator holds the listing in memory
+/// and sends it to every agent in one message; agents accept assignments of
+/// this size and refuse larger ones ([`MAX_ASSIGNMENT_BYTES`]).
+pub const MAX_LISTING_BYTES: usize = 256 << 20;
+/// Largest assignment message an agent decodes: the listing plus room for
+/// the plan (fetchers, ranges, peers).
+pub const MAX_ASSIGNMENT_BYTES: usize = MAX_LISTING_BYTES + (16 << 20);
 
 /// The identity of a revision: blake3 over the chunk size and the listing
 /// (paths, sizes, modes, ETags, versions). Same listing, same revision.
@@ -73,6 +82,11 @@ pub enum LayoutError {
     ChunkSize(u64),
     #[error("listing has {0} files; at most {max} are supported", max = MAX_FILES)]
     TooManyFiles(usize),
+    #[error(
+        "listing takes {0} bytes; at most {max} are supported (narrow it with include/exclude)",
+        max = MAX_LISTING_BYTES
+    )]
+    ListingTooLarge(usize),
     #[error("listing needs {0} chunks at this chunk size; choose a larger chunk size")]
     TooManyChunks(u64),
 }
@@ -143,6 +157,10 @@ impl ChunkLayout {
         }
         if files.len() > MAX_FILES {
             return Err(LayoutError::TooManyFiles(files.len()));
+        }
+        let listing_bytes = listing_bytes(&files);
+        if listing_bytes > MAX_LISTING_BYTES {
+            return Err(LayoutError::ListingTooLarge(listing_bytes));
         }
         validate_listing(files.iter().map(|f| f.path.as_str()))?;
 
@@ -258,6 +276,13 @@ impl ChunkLayout {
     }
 }
 
+/// The bytes `files` take in an assignment (see [`MAX_LISTING_BYTES`]).
+pub fn listing_bytes(files: &[FileEntry]) -> usize {
+    use prost::Message;
+    // Each entry is a length-delimited field: a tag byte and a length.
+    files.iter().map(|f| f.encoded_len() + 1 + 5).sum()
+}
+
 fn revision_id(files: &[FileEntry], chunk_size: u64) -> RevisionId {
     let mut h = blake3::Hasher::new_derive_key(REVISION_CONTEXT);
     let field = |h: &mut blake3::Hasher, s: &str| {
@@ -273,6 +298,15 @@ fn revision_id(files: &[FileEntry], chunk_size: u64) -> RevisionId {
         field(&mut h, &f.etag);
         field(&mut h, &f.version);
     }
+    // Checksums came later: hashed after everything else and only when a
+    // listing has one, so the revisions of listings without them keep
+    // their ids (every length before is fixed, so this cannot collide).
+    if files.iter().any(|f| !f.checksum.is_empty()) {
+        h.update(b"checksums");
+        for f in files {
+            field(&mut h, &f.checksum);
+        }
+    }
     RevisionId(*h.finalize().as_bytes())
 }
 
@@ -282,6 +316,11 @@ mod tests {
 
     const KIB: u64 = 1024;
     const MIB: u64 = 1024 * 1024;
+    /// The revision id of the listing in
+    /// `revision_ids_of_listings_without_checksums_never_change`, as the
+    /// first release computed it.
+    const PINNED_REVISION: &str =
+        "ab2e050631d47312821bc92e49b4257edea0ac20feb4ca5f193acd52c8473a69";
 
     fn file(path: &str, size: u64) -> FileEntry {
         FileEntry {
@@ -349,6 +388,42 @@ mod tests {
             RevisionId::from_hex(&l1.revision().to_hex()),
             Some(l1.revision())
         );
+    }
+
+    #[test]
+    fn revision_ids_of_listings_without_checksums_never_change() {
+        // Agents compare revision ids across upgrades: a listing must keep
+        // its id when fields are added to the data model.
+        let mut files = vec![file("a/x.bin", 5), file("b", 0)];
+        files[0].etag = "\"e\"".into();
+        let l = ChunkLayout::new(files.clone(), MIB).unwrap();
+        assert_eq!(l.revision().to_hex(), PINNED_REVISION);
+        // A checksum makes another revision: content with another digest
+        // under the same ETag is not the same content.
+        files[0].checksum = "sha256:00".into();
+        let with = ChunkLayout::new(files.clone(), MIB).unwrap();
+        assert_ne!(with.revision(), l.revision());
+        files[0].checksum = "sha256:01".into();
+        assert_ne!(
+            ChunkLayout::new(files, MIB).unwrap().revision(),
+            with.revision()
+        );
+    }
+
+    #[test]
+    fn listings_are_bounded_in_bytes() {
+        let files = vec![file("a", 1), file("b", 2)];
+        let bytes = listing_bytes(&files);
+        let encoded = prost::Message::encoded_len(&crate::pb::Assignment {
+            files: files.clone(),
+            ..Default::default()
+        });
+        assert!(bytes >= encoded, "{bytes} < {encoded}");
+        // Paths of the longest kind: the bound bites long before MAX_FILES.
+        let long = "p".repeat(crate::path::MAX_PATH_LEN - 8);
+        let per_file = listing_bytes(&[file(&long, 1)]);
+        assert!(MAX_LISTING_BYTES / per_file < MAX_FILES);
+        const { assert!(MAX_ASSIGNMENT_BYTES > MAX_LISTING_BYTES) };
     }
 
     #[test]

@@ -28,10 +28,26 @@ pub enum OriginError {
     #[error("{path}: origin unavailable: {message}")]
     Unavailable { path: String, message: String },
     /// The origin answered something unusable: a short or oversized body,
-    /// a wrong Content-Range, a listing that cannot be parsed or that names
-    /// unsafe paths.
+    /// a wrong Content-Range, a listing that cannot be parsed.
     #[error("{path}: unexpected answer from the origin: {message}")]
     Protocol { path: String, message: String },
+    /// The source holds no file (after include/exclude). `detail` says
+    /// what was listed and what matched nothing.
+    #[error("{uri}: no files: {detail}")]
+    NoFiles { uri: String, detail: String },
+    /// The listing names an object that cannot be a file of the dataset
+    /// as it is named (a key with a leading or trailing `/`, an unsafe or
+    /// too long path). `message` names it as the origin does.
+    #[error("{uri}: unusable name in the listing: {message}")]
+    UnusableName {
+        uri: String,
+        name: String,
+        message: String,
+    },
+    /// The listing is beyond what one Dataset may hold (entries, files or
+    /// bytes).
+    #[error("{uri}: listing too large: {message}")]
+    TooLarge { uri: String, message: String },
 }
 
 impl OriginError {
@@ -45,6 +61,9 @@ impl OriginError {
             Self::Denied { .. } => "denied",
             Self::Unavailable { .. } => "unavailable",
             Self::Protocol { .. } => "protocol",
+            Self::NoFiles { .. } => "no_files",
+            Self::UnusableName { .. } => "unusable_name",
+            Self::TooLarge { .. } => "too_large",
         }
     }
 
@@ -54,7 +73,10 @@ impl OriginError {
             Self::InvalidUri { .. }
             | Self::Unsupported { .. }
             | Self::NotFound { .. }
-            | Self::Protocol { .. } => "InvalidSource",
+            | Self::Protocol { .. }
+            | Self::NoFiles { .. }
+            | Self::UnusableName { .. }
+            | Self::TooLarge { .. } => "InvalidSource",
             Self::Changed { .. } => "SourceChanged",
             Self::Denied { .. } => "SourceDenied",
             Self::Unavailable { .. } => "SourceUnavailable",
@@ -89,6 +111,21 @@ impl OriginError {
     pub(crate) fn denied(path: &str, message: impl Into<String>) -> Self {
         Self::Denied {
             path: path.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn unusable_name(uri: &str, name: &str, message: impl Into<String>) -> Self {
+        Self::UnusableName {
+            uri: uri.to_owned(),
+            name: name.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn too_large(uri: &str, message: impl Into<String>) -> Self {
+        Self::TooLarge {
+            uri: uri.to_owned(),
             message: message.into(),
         }
     }
@@ -158,6 +195,31 @@ mod tests {
                     message: m(),
                 },
                 "protocol",
+                "InvalidSource",
+            ),
+            (
+                OriginError::NoFiles {
+                    uri: p(),
+                    detail: m(),
+                },
+                "no_files",
+                "InvalidSource",
+            ),
+            (
+                OriginError::UnusableName {
+                    uri: p(),
+                    name: "/x".into(),
+                    message: m(),
+                },
+                "unusable_name",
+                "InvalidSource",
+            ),
+            (
+                OriginError::TooLarge {
+                    uri: p(),
+                    message: m(),
+                },
+                "too_large",
                 "InvalidSource",
             ),
         ];

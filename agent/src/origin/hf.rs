@@ -13,6 +13,7 @@
 //! (`X-Linked-Etag`, or `ETag` for files stored in git).
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
@@ -22,9 +23,12 @@ use swarmseed_proto::pb::{FileEntry, Origin};
 use tokio::sync::OnceCell;
 use url::Url;
 
-use super::http::{Target, build_client, get_json, header_str, range_headers, read_ranged, send};
-use super::transfer::{Budget, check_etag};
-use super::{HfKind, OriginError, OriginOptions, PathFilter, Secret, credential};
+use super::checksum::{Algorithm, Checksum};
+use super::http::{
+    Target, build_client, get_body, get_json, header_str, range_headers, read_ranged, send,
+};
+use super::transfer::{Budget, check_etag, normalize_etag};
+use super::{HfKind, OriginError, OriginOptions, PathFilter, Secret, Tally, credential};
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 const UNEXPECTED: &str = "unexpected Hub API answer";
@@ -36,10 +40,11 @@ struct RevisionInfo {
     sha: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct TreeEntry {
+/// One entry of a tree page (other fields are skipped unread).
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub(crate) struct TreeEntry {
     #[serde(rename = "type")]
-    kind: String,
+    kind: TreeKind,
     path: String,
     #[serde(default)]
     size: u64,
@@ -49,10 +54,42 @@ struct TreeEntry {
     lfs: Option<LfsInfo>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum TreeKind {
+    File,
+    Directory,
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
 struct LfsInfo {
     oid: String,
     size: u64,
+}
+
+/// Parses one page of the tree API (pure, for the tests).
+pub(crate) fn parse_tree_page(body: &[u8]) -> Result<Vec<TreeEntry>, serde_json::Error> {
+    serde_json::from_slice(body)
+}
+
+/// How the Hub stores a file, as its first answer to a read says.
+const STORED_UNKNOWN: u8 = 0;
+/// In LFS (`X-Linked-Etag`): the id is the SHA-256 of the content.
+const STORED_LFS: u8 = 1;
+/// In git (`ETag`): the id is git's blob id.
+const STORED_GIT: u8 = 2;
+
+/// The digest a whole file read from the Hub must have: its listed id, read
+/// as the kind the Hub's answer says it is.
+fn content_id(stored: u8, etag: &str) -> Option<Checksum> {
+    let algorithm = match stored {
+        STORED_LFS => Algorithm::Sha256,
+        STORED_GIT => Algorithm::GitSha1,
+        _ => return None,
+    };
+    Checksum::new(algorithm, hex::decode(etag).ok()?)
 }
 
 #[derive(Debug)]
@@ -222,7 +259,7 @@ impl HfOrigin {
         uri: &str,
         budget: &Budget,
         filter: &PathFilter,
-    ) -> Result<(Vec<FileEntry>, String), OriginError> {
+    ) -> Result<(Vec<FileEntry>, String, Tally), OriginError> {
         let sha = match &self.pinned {
             Some(sha) => sha.clone(),
             None => {
@@ -251,16 +288,20 @@ impl HfOrigin {
             format!("{}/", self.subdir)
         };
         let mut files = Vec::new();
+        let mut tally = Tally::default();
         let mut pages = 0;
         while let Some(url) = next.take() {
             pages += 1;
             if pages > MAX_PAGES {
                 return Err(OriginError::protocol(uri, "too many tree pages"));
             }
-            let (entries, headers): (Vec<TreeEntry>, _) =
-                get_json(budget, &self.target(), &url, uri, UNEXPECTED).await?;
+            let (body, headers) = get_body(budget, &self.target(), &url, uri).await?;
+            let entries = parse_tree_page(&body)
+                .map_err(|e| OriginError::protocol(uri, format!("{UNEXPECTED}: {e}")))?;
+            let listed_files = entries.iter().filter(|e| e.kind == TreeKind::File).count();
+            tally.listed(uri, entries.len() as u64, listed_files as u64)?;
             for entry in entries {
-                if entry.kind != "file" {
+                if entry.kind != TreeKind::File {
                     continue;
                 }
                 let Some(path) = entry.path.strip_prefix(&strip) else {
@@ -276,13 +317,18 @@ impl HfOrigin {
                     Some(lfs) => (lfs.size, lfs.oid),
                     None => (entry.size, entry.oid),
                 };
-                files.push(FileEntry {
+                let file = FileEntry {
                     path: path.to_owned(),
                     size,
                     mode: 0,
+                    // The LFS sha256 or the git blob id: reads check the
+                    // content against it (see `read_range`).
                     etag,
                     version: String::new(),
-                });
+                    checksum: String::new(),
+                };
+                tally.keep(uri, super::store::entry_bytes(&file))?;
+                files.push(file);
             }
             if let Some(link) = header_str(&headers, "link").and_then(next_link) {
                 let target = url.join(link).map_err(|e| {
@@ -301,7 +347,7 @@ impl HfOrigin {
                 });
             }
         }
-        Ok((files, sha))
+        Ok((files, sha, tally))
     }
 
     pub(crate) async fn read_range(
@@ -327,8 +373,10 @@ impl HfOrigin {
             path,
         )?;
         let headers = range_headers(&range);
+        let whole_file = range.start == 0 && range.end == file.size;
         budget
             .retry(path, || async {
+                let stored = AtomicU8::new(STORED_UNKNOWN);
                 // The Hub's own answer (before a CDN redirect) names the
                 // commit and blob it serves: refuse before fetching a byte.
                 let check = |status: StatusCode, first: &HeaderMap| {
@@ -340,8 +388,13 @@ impl HfOrigin {
                     {
                         return Err(OriginError::changed(path));
                     }
-                    let blob =
-                        header_str(first, "x-linked-etag").or_else(|| header_str(first, "etag"));
+                    let (blob, kind) = match header_str(first, "x-linked-etag") {
+                        Some(lfs) => (Some(lfs), STORED_LFS),
+                        None => (header_str(first, "etag"), STORED_GIT),
+                    };
+                    if blob.is_some() {
+                        stored.store(kind, Ordering::Relaxed);
+                    }
                     check_etag(path, blob, &file.etag)
                 };
                 let response = budget
@@ -357,7 +410,18 @@ impl HfOrigin {
                         ),
                     )
                     .await?;
-                read_ranged(budget, path, response, file.size, &range).await
+                let bytes = read_ranged(budget, path, response, file.size, &range).await?;
+                // A file read whole is checked against its id: the blob id
+                // the Hub named could still come with other bytes (a CDN
+                // serving a stale object, a mirror rewriting files).
+                if whole_file
+                    && let Some(id) =
+                        content_id(stored.load(Ordering::Relaxed), normalize_etag(&file.etag))
+                    && !id.matches_whole(&bytes).await
+                {
+                    return Err(OriginError::changed(path));
+                }
+                Ok(bytes)
             })
             .await
     }
@@ -372,6 +436,81 @@ mod tests {
         assert_eq!(encode("refs/pr/1", false), "refs%2Fpr%2F1");
         assert_eq!(encode("a b/c+d.bin", true), "a%20b/c%2Bd.bin");
         assert_eq!(encode("v1.0~x_y-z", false), "v1.0~x_y-z");
+    }
+
+    #[test]
+    fn whole_files_are_checked_against_the_id_the_hub_names() {
+        let git = "b6fc4c620b67d95f953a5c1c1230aaab5db5a1b0"; // git hash-object of "hello"
+        let lfs = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        assert!(content_id(STORED_GIT, git).unwrap().matches(b"hello"));
+        assert!(content_id(STORED_LFS, lfs).unwrap().matches(b"hello"));
+        assert!(!content_id(STORED_GIT, git).unwrap().matches(b"hellO"));
+        // An id of the wrong kind or form, or an answer that named none:
+        // nothing to check against (the ETag check has the last word).
+        assert_eq!(content_id(STORED_LFS, git), None);
+        assert_eq!(content_id(STORED_GIT, lfs), None);
+        assert_eq!(content_id(STORED_UNKNOWN, git), None);
+        assert_eq!(content_id(STORED_GIT, "not hex"), None);
+    }
+
+    #[test]
+    fn tree_pages_parse_and_skip_what_they_do_not_need() {
+        let page = br#"[{"type":"directory","oid":"d","size":0,"path":"sub"},
+            {"type":"file","oid":"aa","size":7,"path":"sub/a.json","lastCommit":{"id":"x"}},
+            {"type":"file","oid":"bb","size":134,"path":"w.bin","lfs":{"oid":"cc","size":9,"pointerSize":134}},
+            {"type":"symlink","oid":"e","size":1,"path":"l"}]"#;
+        let entries = parse_tree_page(page).unwrap();
+        let kinds: Vec<_> = entries.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                TreeKind::Directory,
+                TreeKind::File,
+                TreeKind::File,
+                TreeKind::Other
+            ]
+        );
+        assert_eq!(entries[2].lfs.as_ref().map(|l| l.size), Some(9));
+        assert!(parse_tree_page(b"{}").is_err());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Arbitrary bytes as a tree page: entries or an error, never a
+            /// panic (and at most the body's size in memory: serde_json
+            /// builds strings from the body only).
+            #[test]
+            fn arbitrary_tree_pages_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse_tree_page(&body);
+            }
+
+            /// Entries written as the Hub writes them are read back.
+            #[test]
+            fn tree_entries_round_trip(
+                path in "[^\\x00]{1,40}",
+                size in any::<u64>(),
+                oid in "[0-9a-f]{40}",
+                lfs in proptest::option::of(("[0-9a-f]{64}", any::<u64>())),
+            ) {
+                let mut e = serde_json::json!({"type": "file", "path": path, "size": size, "oid": oid});
+                if let Some((lfs_oid, lfs_size)) = &lfs {
+                    e["lfs"] = serde_json::json!({"oid": lfs_oid, "size": lfs_size, "pointerSize": 134});
+                }
+                let body = serde_json::to_vec(&serde_json::Value::Array(vec![e])).unwrap();
+                let got = parse_tree_page(&body).unwrap();
+                prop_assert_eq!(got.len(), 1);
+                prop_assert_eq!(&got[0].path, &path);
+                prop_assert_eq!(got[0].size, size);
+                prop_assert_eq!(&got[0].oid, &oid);
+                prop_assert_eq!(
+                    got[0].lfs.as_ref().map(|l| (l.oid.clone(), l.size)),
+                    lfs
+                );
+            }
+        }
     }
 
     #[test]

@@ -14,8 +14,11 @@
 //! | `hf://datasets/org/repo[@rev]`, `hf://spaces/org/repo[@rev]` | Hub dataset / Space | as above |
 //!
 //! Object-store URIs name a prefix ("directory"): every object below it is
-//! listed, with paths relative to it. Keys that end in `/` (directory
-//! markers) are skipped. An HTTP URI that ends in `/` is a directory, listed
+//! listed, with paths relative to it. Empty objects whose key ends in `/`
+//! (directory markers) are skipped; any other key that is not a plain
+//! relative path as written (a leading `/`, a trailing `/` on an object
+//! with data, an empty, `.` or `..` segment) is refused, naming the key
+//! (see `keys`). An HTTP URI that ends in `/` is a directory, listed
 //! recursively from nginx's JSON autoindex (`GET` with `Accept:
 //! application/json`, an array of `{"name","type","size","mtime"}`), and
 //! each file is asked for its ETag with `HEAD`; otherwise the URI is one
@@ -28,6 +31,41 @@
 //! `*` and `?` stay within one path segment, `**` crosses segments
 //! (`**/*.safetensors` matches at any depth). An empty include list keeps
 //! everything; exclude wins over include.
+//!
+//! # What a listing must be
+//!
+//! Checked in one place for every kind of source ([`OriginClient::list`]),
+//! each refusal an [`OriginError`] whose reason is `InvalidSource`:
+//!
+//! - at least one file after include/exclude ([`OriginError::NoFiles`],
+//!   saying what was listed and which globs kept nothing);
+//! - every path valid by `swarmseed_proto::path` (relative, no empty, `.`
+//!   or `..` segment, segments of at most 255 bytes, at most 3072 bytes in
+//!   all), listed once, no file where a directory must be
+//!   ([`OriginError::UnusableName`], naming it);
+//! - bounded while it is read ([`OriginError::TooLarge`]): at most
+//!   [`MAX_LISTED_ENTRIES`] entries, `layout::MAX_FILES` files kept, and
+//!   `layout::MAX_LISTING_BYTES` of names and validators; every answer is
+//!   read with a size bound before it is parsed (a directory listing or Hub
+//!   tree page 256 MiB, an object-store listing page 16 MiB, an error
+//!   answer 64 KiB, a header digest 1 KiB).
+//!
+//! # Validators and digests
+//!
+//! Reads are pinned by a validator, which is only as good as the origin
+//! makes it. Object stores' ETags and versions change with every write, and
+//! Hub reads name a commit. An HTTP server's ETag is often made of the
+//! file's modification time and size (nginx, Apache): rewritten in place at
+//! the same size within the same second, a file keeps it, and nodes could
+//! publish a mix of old and new bytes. Such files (and those with a weak or
+//! no ETag) are counted in [`SourceListing::weak_validators`] for the
+//! operator to show, with `spec.digest` as the remedy. Where an origin
+//! offers a digest of the content (`Repr-Digest`, `Digest`,
+//! `x-amz-checksum-sha256`, `x-goog-hash`, `Content-MD5`; see `checksum`),
+//! the listing records it in `FileEntry.checksum` and reads refuse an
+//! answer that names another one, or whole-file bytes that hash to another
+//! one ([`OriginError::Changed`]). Files read whole from the Hub are hashed
+//! against their id (the LFS SHA-256, or git's blob id).
 //!
 //! # Settings (`Origin` fields)
 //!
@@ -70,9 +108,11 @@
 //! precondition, another ETag, a vanished or shrunk object is
 //! [`OriginError::Changed`].
 
+mod checksum;
 mod error;
 mod hf;
 mod http;
+mod keys;
 mod store;
 mod transfer;
 mod uri;
@@ -83,6 +123,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use swarmseed_proto::layout;
 use swarmseed_proto::pb::{FileEntry, Origin};
 
 pub use error::OriginError;
@@ -134,11 +175,147 @@ impl Default for OriginOptions {
 /// What a source holds, as listed once per revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceListing {
-    /// Sorted by path; size, ETag (and version where the store has one)
-    /// filled in; paths pass `swarmseed_proto::path::validate_listing`.
+    /// Sorted by path, never empty; size, ETag (and version where the
+    /// store has one, checksum where the origin offers one) filled in;
+    /// paths pass `swarmseed_proto::path::validate_listing`.
     pub files: Vec<FileEntry>,
     /// Hugging Face commit sha; empty for other origins.
     pub revision: String,
+    /// The files whose reads only a weak validator pins.
+    pub weak_validators: WeakValidators,
+}
+
+/// Listed files whose reads are pinned only by a weak validator: a weak
+/// (`W/`) ETag, an ETag made of the file's modification time and size (as
+/// nginx and Apache make them), or Last-Modified alone, and no digest of
+/// the content. Such a file rewritten in place at the same size within the
+/// same second keeps its validator: a node could publish a mix of its old
+/// and new bytes, a file that never existed at the origin. Only HTTP(S)
+/// origins have them; object stores and the Hub pin by content or version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WeakValidators {
+    /// How many listed files have one.
+    pub count: usize,
+    /// The first few of them, by path (at most [`WeakValidators::EXAMPLES`]).
+    pub examples: Vec<String>,
+}
+
+impl WeakValidators {
+    pub const EXAMPLES: usize = 3;
+
+    fn of<'a>(
+        files: impl IntoIterator<Item = &'a FileEntry>,
+        weak: fn(&FileEntry) -> bool,
+    ) -> Self {
+        let mut out = Self::default();
+        for f in files.into_iter().filter(|f| weak(f)) {
+            out.count += 1;
+            if out.examples.len() < Self::EXAMPLES {
+                out.examples.push(f.path.clone());
+            }
+        }
+        out
+    }
+
+    /// What to tell the user, when there is anything to tell: which files,
+    /// what can happen, and the remedy (a pinned digest).
+    pub fn message(&self) -> Option<String> {
+        if self.count == 0 {
+            return None;
+        }
+        let mut named = self.examples.join(", ");
+        if self.count > self.examples.len() {
+            named.push_str(", ...");
+        }
+        Some(format!(
+            "{} file(s) ({named}) are pinned only by a weak validator (a weak ETag, an ETag \
+             made of modification time and size, or Last-Modified) and the origin offers no \
+             digest of their content: a file rewritten in place at the same size and time \
+             would not be noticed, and nodes could publish a mix of old and new bytes. Pin \
+             the content with spec.digest (the value of status.contentDigest) to refuse \
+             anything else",
+            self.count
+        ))
+    }
+}
+
+/// Entries listed (files, directories, markers) before anything is kept:
+/// a bound on the time and memory a hostile or runaway listing can take.
+pub const MAX_LISTED_ENTRIES: u64 = 16_000_000;
+
+/// Counts what a listing holds while it is read, and refuses it once it is
+/// larger than a Dataset may be (before it is all in memory).
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// Every entry the origin listed.
+    entries: u64,
+    /// Files listed, before include/exclude.
+    files_listed: u64,
+    /// Files kept, and the bytes of their names and validators.
+    kept: usize,
+    kept_bytes: usize,
+}
+
+impl Tally {
+    /// `n` more entries listed, `files` of them files.
+    pub(crate) fn listed(&mut self, uri: &str, n: u64, files: u64) -> Result<(), OriginError> {
+        self.entries += n;
+        self.files_listed += files;
+        if self.entries > MAX_LISTED_ENTRIES {
+            return Err(OriginError::too_large(
+                uri,
+                format!("more than {MAX_LISTED_ENTRIES} entries"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One more file kept, whose path and validators take `bytes`.
+    pub(crate) fn keep(&mut self, uri: &str, bytes: usize) -> Result<(), OriginError> {
+        self.kept += 1;
+        self.add_bytes(uri, bytes)?;
+        if self.kept > layout::MAX_FILES {
+            return Err(OriginError::too_large(
+                uri,
+                format!(
+                    "more than {} files (narrow it with include/exclude)",
+                    layout::MAX_FILES
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `bytes` more of names and validators of kept files.
+    pub(crate) fn add_bytes(&mut self, uri: &str, bytes: usize) -> Result<(), OriginError> {
+        self.kept_bytes = self.kept_bytes.saturating_add(bytes);
+        if self.kept_bytes > layout::MAX_LISTING_BYTES {
+            return Err(OriginError::too_large(
+                uri,
+                format!(
+                    "more than {} bytes of file names and validators (narrow it with \
+                     include/exclude)",
+                    layout::MAX_LISTING_BYTES
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Why a listing that kept nothing is empty, for [`OriginError::NoFiles`].
+    fn why_empty(&self, include: &[String], exclude: &[String]) -> String {
+        let n = self.files_listed;
+        match (include.is_empty(), exclude.is_empty()) {
+            _ if n == 0 => "the origin lists no file there".to_owned(),
+            (false, true) => format!("{n} file(s) listed, none matches include {include:?}"),
+            (false, false) => format!(
+                "{n} file(s) listed, none matches include {include:?} without matching \
+                 exclude {exclude:?}"
+            ),
+            (true, false) => format!("{n} file(s) listed, exclude {exclude:?} matches them all"),
+            (true, true) => format!("{n} file(s) listed, none kept"),
+        }
+    }
 }
 
 /// Reads one origin. Cheap to clone; clones share the request budget
@@ -200,19 +377,45 @@ impl OriginClient {
         let uri = &self.inner.uri;
         let filter = PathFilter::new(uri, include, exclude)?;
         let budget = &self.inner.budget;
-        let (mut files, revision) = match &self.inner.backend {
-            Backend::Store(s) => (s.list(uri, budget, &filter).await?, String::new()),
-            Backend::Http(h) => (h.list(uri, budget, &filter).await?, String::new()),
+        let (mut files, revision, tally) = match &self.inner.backend {
+            Backend::Store(s) => {
+                let (files, tally) = s.list(uri, budget, &filter).await?;
+                (files, String::new(), tally)
+            }
+            Backend::Http(h) => {
+                let (files, tally) = h.list(uri, budget, &filter).await?;
+                (files, String::new(), tally)
+            }
             Backend::Hf(h) => h.list(uri, budget, &filter).await?,
         };
+        // Every kind of source alike: a Dataset of nothing is a mistake
+        // (a wrong prefix or glob), never a Ready Dataset.
+        if files.is_empty() {
+            return Err(OriginError::NoFiles {
+                uri: uri.clone(),
+                detail: tally.why_empty(include, exclude),
+            });
+        }
         for file in &mut files {
             file.mode = LISTED_MODE;
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        swarmseed_proto::path::validate_listing(files.iter().map(|f| f.path.as_str()))
-            .map_err(|e| OriginError::protocol(uri, format!("unusable listing: {e}")))?;
-        tracing::info!(uri = %redact_queries(uri), files = files.len(), "listed origin");
-        Ok(SourceListing { files, revision })
+        check_listing(uri, &files)?;
+        let weak_validators = match &self.inner.backend {
+            Backend::Http(_) => WeakValidators::of(&files, http::is_weak),
+            Backend::Store(_) | Backend::Hf(_) => WeakValidators::default(),
+        };
+        tracing::info!(
+            uri = %redact_queries(uri),
+            files = files.len(),
+            weak_validators = weak_validators.count,
+            "listed origin"
+        );
+        Ok(SourceListing {
+            files,
+            revision,
+            weak_validators,
+        })
     }
 
     /// Reads bytes `[range.start, range.end)` of `file`, pinned to its
@@ -261,6 +464,25 @@ impl OriginClient {
     pub fn uri(&self) -> &str {
         &self.inner.uri
     }
+}
+
+/// The path rules of `swarmseed_proto::path` and the size bound over a
+/// sorted listing; a refusal names the path.
+fn check_listing(uri: &str, files: &[FileEntry]) -> Result<(), OriginError> {
+    swarmseed_proto::path::validate_listing(files.iter().map(|f| f.path.as_str()))
+        .map_err(|e| OriginError::unusable_name(uri, e.path(), e.to_string()))?;
+    let bytes = layout::listing_bytes(files);
+    if bytes > layout::MAX_LISTING_BYTES {
+        return Err(OriginError::too_large(
+            uri,
+            format!(
+                "{} files take {bytes} bytes, more than {} (narrow it with include/exclude)",
+                files.len(),
+                layout::MAX_LISTING_BYTES
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Include/exclude globs over relative paths.
@@ -379,6 +601,81 @@ mod tests {
         assert!(!deep.accepts("a/model.bin"));
         let err = PathFilter::new("s3://b", &["a[".to_string()], &[]).unwrap_err();
         assert_eq!(err.label(), "invalid_uri");
+    }
+
+    #[test]
+    fn listings_are_bounded_while_they_are_read() {
+        let mut t = Tally::default();
+        t.listed("u", MAX_LISTED_ENTRIES, 0).unwrap();
+        let err = t.listed("u", 1, 1).unwrap_err();
+        assert_eq!(err.label(), "too_large");
+        assert_eq!(err.reason(), "InvalidSource");
+        assert!(
+            err.to_string().contains("more than 16000000 entries"),
+            "{err}"
+        );
+
+        let mut t = Tally::default();
+        t.add_bytes("u", layout::MAX_LISTING_BYTES).unwrap();
+        let err = t.keep("u", 1).unwrap_err();
+        assert!(err.to_string().contains("include/exclude"), "{err}");
+
+        let mut t = Tally {
+            kept: layout::MAX_FILES,
+            ..Tally::default()
+        };
+        let err = t.keep("u", 1).unwrap_err();
+        assert!(err.to_string().contains("more than 4000000 files"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_listing_says_what_matched_nothing() {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let none = Tally::default();
+        assert_eq!(none.why_empty(&[], &[]), "the origin lists no file there");
+        let two = Tally {
+            files_listed: 2,
+            ..Tally::default()
+        };
+        assert_eq!(
+            two.why_empty(&strings(&["*.bin"]), &[]),
+            "2 file(s) listed, none matches include [\"*.bin\"]"
+        );
+        assert_eq!(
+            two.why_empty(&strings(&["*.bin"]), &strings(&["a*"])),
+            "2 file(s) listed, none matches include [\"*.bin\"] without matching exclude [\"a*\"]"
+        );
+        assert_eq!(
+            two.why_empty(&[], &strings(&["**"])),
+            "2 file(s) listed, exclude [\"**\"] matches them all"
+        );
+    }
+
+    #[test]
+    fn weak_validators_name_a_few_files_and_the_remedy() {
+        let file = |path: &str, etag: &str| FileEntry {
+            path: path.into(),
+            size: 10,
+            etag: etag.into(),
+            ..Default::default()
+        };
+        let files = [
+            file("a", "\"65f0a1b2-a\""),
+            file("b", "\"0123456789abcdef0123456789abcdef\""),
+            file("c", "W/\"x\""),
+            file("d", ""),
+            file("e", "\"65f0a1b2-a\""),
+        ];
+        let weak = WeakValidators::of(&files, http::is_weak);
+        assert_eq!(weak.count, 4);
+        assert_eq!(weak.examples, ["a", "c", "d"]);
+        let message = weak.message().unwrap();
+        assert!(
+            message.starts_with("4 file(s) (a, c, d, ...) are pinned only by a weak validator"),
+            "{message}"
+        );
+        assert!(message.contains("spec.digest"), "{message}");
+        assert_eq!(WeakValidators::default().message(), None);
     }
 
     #[test]

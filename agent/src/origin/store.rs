@@ -11,16 +11,22 @@ use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::{GcpCredential, GoogleCloudStorageBuilder};
 use object_store::path::Path;
 use object_store::{
-    ClientOptions, GetOptions, GetRange, ObjectStore, RetryConfig, StaticCredentialProvider,
+    ClientOptions, GetOptions, GetRange, ObjectMeta, ObjectStore, RetryConfig,
+    StaticCredentialProvider,
 };
 use swarmseed_proto::pb::{FileEntry, Origin};
 
+use super::keys::{KeyCheckConnector, KeyLog};
 use super::transfer::{Budget, check_etag};
-use super::{OriginError, OriginOptions, OriginUri, PathFilter, credential, redact_queries};
+use super::{OriginError, OriginOptions, OriginUri, PathFilter, Tally, credential, redact_queries};
 
 pub(crate) struct StoreOrigin {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
+    /// The raw keys of the listing pages the store's client received.
+    keys: KeyLog,
+    /// One listing at a time per client: they share `keys`.
+    listing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for StoreOrigin {
@@ -58,6 +64,8 @@ impl StoreOrigin {
         super::install_crypto_provider();
         let invalid = |reason: String| OriginError::invalid_uri(&origin.uri, reason);
         let endpoint = Some(origin.endpoint.trim()).filter(|e| !e.is_empty());
+        let keys = KeyLog::default();
+        let connector = || KeyCheckConnector { log: keys.clone() };
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match uri {
             OriginUri::S3 { bucket, prefix } => {
                 let from_env = credential(origin, "AWS_CREDENTIALS_FROM_ENVIRONMENT")
@@ -76,6 +84,7 @@ impl StoreOrigin {
                     )
                     .with_allow_http(origin.allow_http)
                     .with_client_options(client_options(origin, options))
+                    .with_http_connector(connector())
                     .with_retry(no_retries());
                 if let Some(endpoint) = endpoint {
                     // Custom endpoints (MinIO, moto) want path-style requests.
@@ -113,6 +122,7 @@ impl StoreOrigin {
                 let mut builder = GoogleCloudStorageBuilder::new()
                     .with_bucket_name(bucket)
                     .with_client_options(client_options(origin, options))
+                    .with_http_connector(connector())
                     .with_retry(no_retries());
                 if let Some(endpoint) = endpoint {
                     builder = builder.with_base_url(endpoint);
@@ -144,6 +154,7 @@ impl StoreOrigin {
                     .with_container_name(container)
                     .with_allow_http(origin.allow_http)
                     .with_client_options(client_options(origin, options))
+                    .with_http_connector(connector())
                     .with_retry(no_retries());
                 if let Some(endpoint) = endpoint {
                     builder = builder.with_endpoint(endpoint.to_owned());
@@ -166,7 +177,12 @@ impl StoreOrigin {
             }
         };
         let prefix = Path::parse(&prefix).map_err(|e| invalid(e.to_string()))?;
-        Ok(Self { store, prefix })
+        Ok(Self {
+            store,
+            prefix,
+            keys,
+            listing: tokio::sync::Mutex::new(()),
+        })
     }
 
     pub(crate) async fn list(
@@ -174,65 +190,86 @@ impl StoreOrigin {
         uri: &str,
         budget: &Budget,
         filter: &PathFilter,
-    ) -> Result<Vec<FileEntry>, OriginError> {
+    ) -> Result<(Vec<FileEntry>, Tally), OriginError> {
+        let _one_at_a_time = self.listing.lock().await;
         // A listing stream cannot resume mid-way: a transient failure
-        // restarts it.
-        let all = budget
+        // restarts it, with a fresh count.
+        budget
             .retry(uri, || async {
-                let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
-                let mut stream = self.store.list(prefix);
-                let mut all = Vec::new();
-                loop {
-                    let next = budget.timed(uri, async { Ok(stream.next().await) }).await?;
-                    match next {
-                        None => break,
-                        Some(Err(e)) => return Err(map_error(uri, e, false)),
-                        Some(Ok(meta)) => all.push(meta),
-                    }
+                self.keys.reset();
+                let listed = self.list_once(uri, budget, filter).await;
+                let report = self.keys.take();
+                // An unusable key explains a failed listing best (object_store
+                // fails on some of them) and is refused in a good one.
+                if let Some((key, message)) = report.unusable.into_iter().next() {
+                    return Err(OriginError::unusable_name(uri, &key, message));
                 }
-                Ok(all)
+                let (files, tally, objects) = listed?;
+                if let Some(failed) = report.failed {
+                    return Err(OriginError::protocol(uri, failed));
+                }
+                // Every key must have been seen: otherwise the pages were
+                // not recognised and their keys went unchecked.
+                if report.keys != objects {
+                    return Err(OriginError::protocol(
+                        uri,
+                        format!(
+                            "the listing's keys could not be checked ({} keys read, {objects} \
+                             objects listed)",
+                            report.keys
+                        ),
+                    ));
+                }
+                Ok((files, tally))
             })
-            .await?;
-        if all.is_empty() {
-            return Err(OriginError::NotFound {
-                path: uri.to_owned(),
-            });
-        }
+            .await
+    }
+
+    /// One pass over the listing: the files kept, the tally, and how many
+    /// objects the store listed.
+    async fn list_once(
+        &self,
+        uri: &str,
+        budget: &Budget,
+        filter: &PathFilter,
+    ) -> Result<(Vec<FileEntry>, Tally, u64), OriginError> {
         let prefix = self.prefix.as_ref();
-        let mut files = Vec::with_capacity(all.len());
-        for meta in &all {
+        let mut stream = self
+            .store
+            .list((!prefix.is_empty()).then_some(&self.prefix));
+        let mut files = Vec::new();
+        let mut tally = Tally::default();
+        let mut objects = 0u64;
+        loop {
+            let next = budget.timed(uri, async { Ok(stream.next().await) }).await?;
+            let meta = match next {
+                None => break,
+                Some(Err(e)) => return Err(map_error(uri, e, false)),
+                Some(Ok(meta)) => meta,
+            };
+            objects += 1;
             let location = meta.location.as_ref();
-            let relative = if prefix.is_empty() {
-                location
-            } else {
-                match location
-                    .strip_prefix(prefix)
-                    .and_then(|r| r.strip_prefix('/'))
-                {
-                    Some(r) => r,
-                    // The prefix's own directory marker.
-                    None if location == prefix => continue,
-                    None => {
-                        return Err(OriginError::protocol(
-                            uri,
-                            format!("listed {location:?}, which is outside the prefix"),
-                        ));
-                    }
-                }
+            // Directory markers (the prefix's own among them) are not files.
+            let marker = meta.size == 0 && self.keys.is_marker(location);
+            tally.listed(uri, 1, u64::from(!marker))?;
+            if marker {
+                continue;
+            }
+            let Some(relative) = under_prefix(prefix, location) else {
+                return Err(OriginError::protocol(
+                    uri,
+                    format!("listed {location:?}, which is outside the prefix"),
+                ));
             };
             if !filter.accepts(relative) {
                 continue;
             }
-            files.push(FileEntry {
-                path: relative.to_owned(),
-                size: meta.size,
-                mode: 0,
-                etag: meta.e_tag.clone().unwrap_or_default(),
-                version: meta.version.clone().unwrap_or_default(),
-            });
+            let relative = relative.to_owned();
+            let entry = entry_of(relative, meta);
+            tally.keep(uri, entry_bytes(&entry))?;
+            files.push(entry);
         }
-        drop_directory_markers(&mut files);
-        Ok(files)
+        Ok((files, tally, objects))
     }
 
     pub(crate) async fn read_range(
@@ -285,20 +322,33 @@ impl StoreOrigin {
     }
 }
 
-/// Zero-byte objects that stand for a directory ("a/" listed as "a" next to
-/// "a/b") are not files.
-fn drop_directory_markers(files: &mut Vec<FileEntry>) {
-    let mut directories = std::collections::HashSet::new();
-    for file in files.iter() {
-        let mut path = file.path.as_str();
-        while let Some((parent, _)) = path.rsplit_once('/') {
-            if !directories.insert(parent.to_owned()) {
-                break;
-            }
-            path = parent;
-        }
+/// The key of `location` relative to `prefix` (both without a leading or
+/// trailing `/`); `None` when it is not below it.
+pub(crate) fn under_prefix<'a>(prefix: &str, location: &'a str) -> Option<&'a str> {
+    if prefix.is_empty() {
+        return Some(location);
     }
-    files.retain(|f| !(f.size == 0 && directories.contains(&f.path)));
+    location.strip_prefix(prefix)?.strip_prefix('/')
+}
+
+/// The file a listed object becomes (`relative`: its key under the prefix,
+/// checked to round-trip by [`super::keys`]).
+pub(crate) fn entry_of(relative: String, meta: ObjectMeta) -> FileEntry {
+    FileEntry {
+        path: relative,
+        size: meta.size,
+        mode: 0,
+        etag: meta.e_tag.unwrap_or_default(),
+        version: meta.version.unwrap_or_default(),
+        // Stores pin reads by ETag (and version): both change with the
+        // content, so no digest is needed to notice a rewrite.
+        checksum: String::new(),
+    }
+}
+
+/// What one entry adds to the listing's size ([`Tally::keep`]).
+pub(crate) fn entry_bytes(entry: &FileEntry) -> usize {
+    entry.path.len() + entry.etag.len() + entry.version.len() + entry.checksum.len()
 }
 
 fn map_error(path: &str, error: object_store::Error, reading: bool) -> OriginError {
@@ -435,24 +485,6 @@ mod tests {
     }
 
     #[test]
-    fn directory_markers_are_dropped() {
-        let entry = |path: &str, size| FileEntry {
-            path: path.into(),
-            size,
-            ..Default::default()
-        };
-        let mut files = vec![
-            entry("a", 0),
-            entry("a/b", 0),
-            entry("a/b/c", 5),
-            entry("empty", 0),
-        ];
-        drop_directory_markers(&mut files);
-        let paths: Vec<_> = files.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(paths, ["a/b/c", "empty"]);
-    }
-
-    #[test]
     fn errors_map_to_what_users_see() {
         let boxed = || -> Box<dyn std::error::Error + Send + Sync> { "x".into() };
         let nf = || object_store::Error::NotFound {
@@ -481,5 +513,70 @@ mod tests {
             source: boxed(),
         };
         assert_eq!(map_error("f", generic, true).label(), "unavailable");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn segment() -> impl Strategy<Value = String> {
+            "[^/\\x00-\\x1f\\x7f]{1,12}".prop_filter("dot segments", |s| s != "." && s != "..")
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            proptest::collection::vec(segment(), 1..4).prop_map(|v| v.join("/"))
+        }
+
+        proptest! {
+            /// Any prefix and location: an answer, never a panic; what is
+            /// below the prefix joins back into the location.
+            #[test]
+            fn arbitrary_locations_never_panic(prefix in any::<String>(), location in any::<String>()) {
+                if let Some(relative) = under_prefix(&prefix, &location) {
+                    let joined = if prefix.is_empty() {
+                        relative.to_owned()
+                    } else {
+                        format!("{prefix}/{relative}")
+                    };
+                    prop_assert_eq!(joined, location);
+                }
+            }
+
+            /// A listed object becomes the file of its key under the prefix,
+            /// with its size, ETag and version, and reads go back to the
+            /// same key.
+            #[test]
+            fn listed_objects_round_trip(
+                prefix in proptest::option::of(key()),
+                relative in key(),
+                size in any::<u64>(),
+                e_tag in proptest::option::of("[ -~]{0,40}"),
+                version in proptest::option::of("[ -~]{0,40}"),
+            ) {
+                let prefix = prefix.unwrap_or_default();
+                let key = if prefix.is_empty() { relative.clone() } else { format!("{prefix}/{relative}") };
+                let location = Path::parse(&key).unwrap();
+                prop_assert_eq!(location.as_ref(), key.as_str());
+                let meta = ObjectMeta {
+                    location: location.clone(),
+                    last_modified: Default::default(),
+                    size,
+                    e_tag: e_tag.clone(),
+                    version: version.clone(),
+                };
+                let under = under_prefix(&prefix, location.as_ref()).unwrap().to_owned();
+                let file = entry_of(under, meta);
+                prop_assert_eq!(&file.path, &relative);
+                prop_assert_eq!(file.size, size);
+                prop_assert_eq!(file.etag, e_tag.unwrap_or_default());
+                prop_assert_eq!(file.version, version.unwrap_or_default());
+                let read_back = if prefix.is_empty() {
+                    Path::parse(&file.path).unwrap()
+                } else {
+                    Path::parse(format!("{prefix}/{}", file.path)).unwrap()
+                };
+                prop_assert_eq!(read_back, location);
+            }
+        }
     }
 }

@@ -357,4 +357,91 @@ mod tests {
             "invalid_uri"
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn name() -> impl Strategy<Value = String> {
+            "[a-z0-9][a-z0-9._-]{0,20}".prop_filter("dot names", |s| !s.starts_with('.'))
+        }
+
+        fn key_segment() -> impl Strategy<Value = String> {
+            "[^/?#\\x00]{1,12}".prop_filter("dot segments", |s| s != "." && s != "..")
+        }
+
+        proptest! {
+            /// Any string: a URI or an error that says why, never a panic.
+            #[test]
+            fn arbitrary_uris_never_panic(uri in any::<String>()) {
+                match OriginUri::parse(&uri) {
+                    Ok(_) => {}
+                    Err(e) => prop_assert_eq!(e.reason(), "InvalidSource"),
+                }
+                let _ = percent_decode(&uri);
+            }
+
+            /// Anything after a known scheme: also never a panic.
+            #[test]
+            fn arbitrary_tails_never_panic(
+                scheme in prop::sample::select(vec!["s3", "gs", "az", "http", "https", "hf"]),
+                tail in any::<String>(),
+            ) {
+                let _ = OriginUri::parse(&format!("{scheme}://{tail}"));
+            }
+
+            /// Buckets and prefixes come back as written (less the slashes
+            /// around the prefix).
+            #[test]
+            fn object_store_uris_round_trip(
+                scheme in prop::sample::select(vec!["s3", "gs", "az"]),
+                bucket in name(),
+                prefix in proptest::collection::vec(key_segment(), 0..4),
+                trailing in any::<bool>(),
+            ) {
+                let joined = prefix.join("/");
+                let slash = if trailing { "/" } else { "" };
+                let uri = format!("{scheme}://{bucket}/{joined}{slash}");
+                let (b, p) = match OriginUri::parse(&uri).unwrap() {
+                    OriginUri::S3 { bucket, prefix } | OriginUri::Gcs { bucket, prefix } => (bucket, prefix),
+                    OriginUri::Azure { container, prefix } => (container, prefix),
+                    other => panic!("{other:?}"),
+                };
+                prop_assert_eq!(b, bucket);
+                prop_assert_eq!(p, joined);
+            }
+
+            /// Hub URIs: kind, repository, revision and subdirectory come
+            /// back as written.
+            #[test]
+            fn hf_uris_round_trip(
+                kind in prop::sample::select(vec![("", HfKind::Model), ("models/", HfKind::Model), ("datasets/", HfKind::Dataset), ("spaces/", HfKind::Space)]),
+                org in name(),
+                repo in name(),
+                revision in proptest::option::of("[a-zA-Z0-9._-]{1,12}"),
+                subdir in proptest::collection::vec("[a-z0-9_-]{1,8}", 0..3),
+            ) {
+                let (prefix, want_kind) = kind;
+                let mut uri = format!("hf://{prefix}{org}/{repo}");
+                if let Some(r) = &revision {
+                    uri.push('@');
+                    uri.push_str(r);
+                }
+                for s in &subdir {
+                    uri.push('/');
+                    uri.push_str(s);
+                }
+                let parsed = OriginUri::parse(&uri).unwrap();
+                prop_assert_eq!(
+                    parsed,
+                    OriginUri::Hf {
+                        kind: want_kind,
+                        repo: format!("{org}/{repo}"),
+                        revision: revision.unwrap_or_else(|| DEFAULT_HF_REVISION.to_owned()),
+                        subdir: subdir.join("/"),
+                    }
+                );
+            }
+        }
+    }
 }
