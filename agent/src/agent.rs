@@ -15,7 +15,7 @@ use crate::attest::Identity;
 use crate::metrics::Metrics;
 use crate::origin::OriginError;
 use crate::peer_server::TransferLookup;
-use crate::store::{DatasetKey, NodeStore, StoreError};
+use crate::store::{DatasetKey, NodeStore, Reuse, StoreError};
 use crate::transfer::{Transfer, TransferConfig};
 
 #[derive(Debug, Error)]
@@ -62,13 +62,15 @@ impl From<ApplyError> for tonic::Status {
             ApplyError::Store(StoreError::UnsafePath { .. } | StoreError::InvalidName(_)) => {
                 tonic::Status::invalid_argument(msg)
             }
-            ApplyError::Store(StoreError::InsufficientStorage { .. }) => {
-                tonic::Status::resource_exhausted(msg)
-            }
+            ApplyError::Store(e) if e.is_out_of_space() => tonic::Status::resource_exhausted(msg),
             ApplyError::Store(StoreError::Occupied { .. }) => {
                 tonic::Status::failed_precondition(msg)
             }
-            ApplyError::Store(StoreError::Io { .. }) => tonic::Status::internal(msg),
+            ApplyError::Store(
+                StoreError::Io { .. }
+                | StoreError::Write { .. }
+                | StoreError::InsufficientStorage { .. },
+            ) => tonic::Status::internal(msg),
             ApplyError::Origin(_) => tonic::Status::invalid_argument(msg),
         };
         status.metadata_mut().insert(
@@ -284,22 +286,38 @@ impl Agent {
             });
         }
 
-        // A new revision (or a retry of a failed one).
-        let base = {
+        // A new revision (or a retry of a failed one). It takes what it
+        // can from the published revision, and from the one it replaces
+        // if that never finished (it failed, say, because a file changed
+        // at the origin while it was read).
+        let (base, unfinished) = {
             let datasets = lock(&self.datasets);
-            datasets.get(&key).and_then(|s| {
+            let slot = datasets.get(&key);
+            let base = slot.and_then(|s| {
                 [Some(&s.current), s.previous.as_ref()]
                     .into_iter()
                     .flatten()
                     .find(|t| t.files().is_published() && t.revision() != layout.revision())
                     .cloned()
-            })
+            });
+            let unfinished = slot
+                .map(|s| s.current.clone())
+                .filter(|t| !t.files().is_published() && t.revision() != layout.revision());
+            (base, unfinished)
         };
         let store = self.store.clone();
         let k = key.clone();
         let l = layout.clone();
         let files = tokio::task::spawn_blocking(move || {
-            store.open_revision(&k, l, base.as_ref().map(|t| t.files().as_ref()))
+            let verified = unfinished.as_ref().map(|t| t.verified_chunks());
+            let reuse = Reuse {
+                published: base.as_ref().map(|t| t.files().as_ref()),
+                unfinished: unfinished
+                    .as_ref()
+                    .zip(verified.as_ref())
+                    .map(|(t, v)| (t.files().as_ref(), v)),
+            };
+            store.open_revision(&k, l, reuse)
         })
         .await
         .map_err(|e| StoreError::Io {

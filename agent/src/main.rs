@@ -11,7 +11,7 @@ use swarmseed_agent::agent::Agent;
 use swarmseed_agent::control::{ControlAuth, ControlService};
 use swarmseed_agent::metrics::Metrics;
 use swarmseed_agent::origin::OriginOptions;
-use swarmseed_agent::peer_server::{self, TransferLookup};
+use swarmseed_agent::peer_server::{self, HandshakeLimits, TransferLookup};
 use swarmseed_agent::store::NodeStore;
 use swarmseed_agent::transfer::TransferConfig;
 use swarmseed_proto::pb::agent_control_server::AgentControlServer;
@@ -56,8 +56,10 @@ struct Args {
     #[arg(long, env = "SWARMSEED_CONTROL_TOKEN_FILE")]
     control_token_file: PathBuf,
 
-    /// Read a chunk from the origin when every agent assigned to fetch it has
-    /// been unreachable for this long.
+    /// Read a chunk no connected peer holds from the origin when every agent
+    /// assigned to fetch it has been unreachable for this long: no session
+    /// with it (a refusal does not count: not assigned yet, refused or
+    /// failed its assignment).
     #[arg(long, env = "SWARMSEED_FALLBACK_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
     fallback_after: Duration,
 
@@ -80,6 +82,23 @@ struct Args {
     /// requests are outstanding.
     #[arg(long, env = "SWARMSEED_PEER_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     peer_stall_timeout: Duration,
+
+    /// Close a peer connection that has not authenticated this long after
+    /// it was accepted (a peer sends its HELLO within one round trip).
+    #[arg(long, env = "SWARMSEED_PEER_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    peer_handshake_timeout: Duration,
+
+    /// Most peer connections that have not authenticated yet, over all
+    /// sources. A new connection past it closes the oldest of them, so a
+    /// flood of slow clients cannot keep a real peer out for long.
+    #[arg(long, env = "SWARMSEED_PEER_MAX_HANDSHAKES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    peer_max_handshakes: u32,
+
+    /// Most peer connections that have not authenticated yet from one
+    /// source address (IPv6: one /64). A new one past it is closed at
+    /// once with a "busy" error.
+    #[arg(long, env = "SWARMSEED_PEER_MAX_HANDSHAKES_PER_SOURCE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    peer_max_handshakes_per_source: u32,
 
     /// TCP congestion control of the connections this agent sends chunks
     /// on: the first of these (comma-separated) the kernel lets the agent
@@ -160,8 +179,7 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
 
-    let peer_listener = tokio::net::TcpListener::bind(args.peer_listen)
-        .await
+    let peer_listener = peer_server::bind(args.peer_listen)
         .with_context(|| format!("binding the peer server to {}", args.peer_listen))?;
     let peer_port = peer_listener.local_addr()?.port();
     choose_congestion_control(&peer_listener, &args.peer_congestion_control);
@@ -185,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let agent = Agent::new(
         store,
-        metrics,
+        metrics.clone(),
         cfg,
         format!("{advertise}:{peer_port}"),
         args.test_fault_corrupt_serving,
@@ -194,7 +212,18 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let lookup: Arc<dyn TransferLookup> = agent.clone();
-    let peers = tokio::spawn(peer_server::serve(peer_listener, lookup, shutdown.clone()));
+    let handshakes = HandshakeLimits {
+        timeout: args.peer_handshake_timeout,
+        max_pending: args.peer_max_handshakes as usize,
+        max_pending_per_source: args.peer_max_handshakes_per_source as usize,
+    };
+    let peers = tokio::spawn(peer_server::serve(
+        peer_listener,
+        lookup,
+        handshakes,
+        metrics,
+        shutdown.clone(),
+    ));
 
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await

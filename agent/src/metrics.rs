@@ -29,6 +29,9 @@ pub struct Metrics {
     pub active_peers: Gauge,
     pub datasets: Gauge,
     pub origin_errors: Family<ReasonLabels, Counter>,
+    pub peer_handshakes_failed: Family<ReasonLabels, Counter>,
+    pub peer_handshakes_pending: Gauge,
+    pub origin_outages: Counter,
 }
 
 impl Metrics {
@@ -79,6 +82,21 @@ impl Metrics {
             "origin_errors",
             "Failed origin reads, by reason",
             m.origin_errors.clone(),
+        );
+        r.register(
+            "peer_handshakes_failed",
+            "Connections to the peer port closed before they authenticated, by reason (source_limit, evicted, timeout, malformed, unknown_dataset, bad_credential, dataset_failed, io)",
+            m.peer_handshakes_failed.clone(),
+        );
+        r.register(
+            "peer_handshakes_pending",
+            "Connections to the peer port that have not authenticated yet",
+            m.peer_handshakes_pending.clone(),
+        );
+        r.register(
+            "origin_outages",
+            "Times a transfer began reporting an origin error: it needed the origin, reads failed, and none succeeded for 10 s",
+            m.origin_outages.clone(),
         );
         std::sync::Arc::new(m)
     }

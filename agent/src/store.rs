@@ -31,13 +31,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
-use nix::sys::stat::Mode;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{Mode, fstatat};
 use prost::Message;
 use swarmseed_proto::layout::published_mode;
 use swarmseed_proto::pb;
 use swarmseed_proto::{ChunkDigest, ChunkLayout, RevisionId};
 
+use crate::board::ChunkSet;
 use crate::writeback::WriteBehind;
 use thiserror::Error;
 
@@ -113,6 +114,15 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// Writing chunk data failed (a full disk, a quota, an I/O error).
+    #[error("{path}: writing {bytes} bytes at offset {offset} failed: {source}")]
+    Write {
+        path: String,
+        offset: u64,
+        bytes: u64,
+        #[source]
+        source: io::Error,
+    },
     #[error("not enough disk space for {needed} bytes under {root} ({free} bytes free)")]
     InsufficientStorage {
         root: String,
@@ -128,7 +138,9 @@ impl StoreError {
         match self {
             Self::InvalidName(_) => "invalid_name",
             Self::UnsafePath { .. } => "unsafe_path",
+            _ if self.is_out_of_space() => "insufficient_storage",
             Self::Io { .. } => "io",
+            Self::Write { .. } => "write",
             Self::InsufficientStorage { .. } => "insufficient_storage",
             Self::Occupied { .. } => "occupied",
         }
@@ -139,9 +151,21 @@ impl StoreError {
         match self {
             Self::InvalidName(_) => "InvalidAssignment",
             Self::UnsafePath { .. } => "UnsafePath",
-            Self::Io { .. } => "StorageError",
+            _ if self.is_out_of_space() => "InsufficientStorage",
+            Self::Io { .. } | Self::Write { .. } => "StorageError",
             Self::InsufficientStorage { .. } => "InsufficientStorage",
             Self::Occupied { .. } => "PathOccupied",
+        }
+    }
+
+    /// Whether the filesystem (or the agent's quota on it) is full.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            Self::InsufficientStorage { .. } => true,
+            Self::Io { source, .. } | Self::Write { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            _ => false,
         }
     }
 }
@@ -387,14 +411,18 @@ impl NodeStore {
     }
 
     /// Opens (creating as needed) the on-disk files of one revision: the
-    /// published tree if it is complete, else its staging tree. Files that
-    /// are unchanged from `previous` (same path, size, mode, ETag, version)
-    /// are hard-linked from it instead of being transferred again.
+    /// published tree if it is complete, else its staging tree, taking
+    /// what it can from the revisions this node already has (`reuse`):
+    /// files unchanged from the published one (same path, size, mode, ETag,
+    /// version) are hard-linked from it whole; files unchanged from an
+    /// unfinished one are hard-linked from its staging tree, and the chunks
+    /// of this revision that lie wholly in bytes verified there need no
+    /// transfer ([`RevisionFiles::chunk_is_local`]).
     pub fn open_revision(
         &self,
         key: &DatasetKey,
         layout: Arc<ChunkLayout>,
-        previous: Option<&RevisionFiles>,
+        reuse: Reuse<'_>,
     ) -> Result<RevisionFiles, StoreError> {
         let rev = layout.revision();
         let state_dir = self.state_dir(key);
@@ -402,17 +430,19 @@ impl NodeStore {
         let log_path = state_dir.join(format!("{}.chunks", rev.short()));
 
         let published_dir = self.revision_dir(key, &rev);
-        let (dir, published) = if published_dir.is_dir() {
-            (published_dir, true)
+        let (dir, published, resumed) = if published_dir.is_dir() {
+            (published_dir, true, true)
         } else {
             let staging = self.staging_dir(key, &rev);
+            let resumed = staging.is_dir();
             std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
-            (staging, false)
+            (staging, false, resumed)
         };
         let dir_fd = open_dir_nofollow(&dir)?;
-        let files = RevisionFiles {
+        let mut files = RevisionFiles {
             key: key.clone(),
             layout: layout.clone(),
+            dir,
             dir_fd,
             log_path,
             published: Mutex::new(published),
@@ -421,26 +451,45 @@ impl NodeStore {
             direct_io: self.direct_io.clone(),
             written_direct: AtomicU64::new(0),
             linked: Mutex::new(vec![published; layout.files().len()]),
+            carried: ChunkSet::new(0),
             write_behind: self.write_behind.clone(),
         };
         if !published {
-            self.check_space(&layout, previous)?;
-            files.prepare_files(previous)?;
+            files.prepare_files(reuse.published)?;
+            let unfinished = reuse
+                .unfinished
+                .filter(|(u, _)| u.layout.revision() != rev && !u.is_published());
+            if let Some((old, verified)) = unfinished {
+                files.carried = files.carry_from(old, verified)?;
+            }
             files.undo_interrupted_seal()?;
+            // What is on the disk already needs no room: files of this
+            // revision filled before (a retry after a failure, a restart),
+            // or linked from the unfinished revision. Only then is every
+            // file looked at.
+            self.check_space(&files, resumed || unfinished.is_some())?;
         }
         Ok(files)
     }
 
-    fn check_space(
-        &self,
-        layout: &ChunkLayout,
-        previous: Option<&RevisionFiles>,
-    ) -> Result<(), StoreError> {
-        let needed: u64 = layout
+    /// Refuses a revision whose missing bytes do not fit on the store's
+    /// filesystem.
+    fn check_space(&self, files: &RevisionFiles, count_present: bool) -> Result<(), StoreError> {
+        let linked = lock(&files.linked).clone();
+        let needed: u64 = files
+            .layout
             .files()
             .iter()
-            .filter(|f| previous.is_none_or(|p| p.find_unchanged(f).is_none()))
-            .map(|f| f.size)
+            .zip(&linked)
+            .filter(|(_, linked)| !**linked)
+            .map(|(f, _)| {
+                let present = if count_present {
+                    files.allocated_bytes(&f.path)
+                } else {
+                    0
+                };
+                f.size.saturating_sub(present)
+            })
             .sum();
         let stat = nix::sys::statvfs::statvfs(&self.root)
             .map_err(|e| io_err(&self.root)(io::Error::from(e)))?;
@@ -493,7 +542,7 @@ impl NodeStore {
         let relative = Path::new("../../revisions")
             .join(key.rel())
             .join(rev.short());
-        let tmp = link_parent.join(format!(".{}.swap", key.name));
+        let tmp = link_parent.join(swap_name(&key.name));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&relative, &tmp).map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &link).map_err(io_err(&link))?;
@@ -613,6 +662,8 @@ impl HandleCache {
 pub struct RevisionFiles {
     key: DatasetKey,
     layout: Arc<ChunkLayout>,
+    /// The directory opened as `dir_fd` (named in error messages).
+    dir: PathBuf,
     dir_fd: OwnedFd,
     log_path: PathBuf,
     published: Mutex<bool>,
@@ -624,7 +675,29 @@ pub struct RevisionFiles {
     /// Files already complete on disk (hard-linked from the previous
     /// revision, or the whole revision once published): never written.
     linked: Mutex<Vec<bool>>,
+    /// Chunks whose bytes were verified in an unfinished revision, in
+    /// files linked from it ([`RevisionFiles::carry_from`]).
+    carried: ChunkSet,
     write_behind: WriteBehind,
+}
+
+/// What a new revision may take from the revisions the node has.
+#[derive(Default, Clone, Copy)]
+pub struct Reuse<'a> {
+    /// The published revision.
+    pub published: Option<&'a RevisionFiles>,
+    /// An unpublished revision (failed, or replaced before it was
+    /// complete) and the chunks this node verified of it.
+    pub unfinished: Option<(&'a RevisionFiles, &'a ChunkSet)>,
+}
+
+impl<'a> Reuse<'a> {
+    pub fn published(files: &'a RevisionFiles) -> Self {
+        Self {
+            published: Some(files),
+            unfinished: None,
+        }
+    }
 }
 
 /// Above this many files a revision is made durable by one `syncfs(2)` of
@@ -643,9 +716,13 @@ impl RevisionFiles {
         *lock(&self.published)
     }
 
-    /// Whether every segment of chunk `index` lies in files already
-    /// complete on disk (so the chunk needs no transfer).
+    /// Whether chunk `index` is on disk already, so it needs no transfer:
+    /// every segment lies in files complete on disk, or its bytes were
+    /// verified in an unfinished revision whose files were carried over.
     pub fn chunk_is_local(&self, index: u32) -> bool {
+        if self.carried.contains(index) {
+            return true;
+        }
         let linked = lock(&self.linked);
         self.layout
             .segments(index)
@@ -653,7 +730,9 @@ impl RevisionFiles {
             .all(|s| linked[s.file as usize])
     }
 
-    fn find_unchanged(&self, f: &pb::FileEntry) -> Option<u32> {
+    /// The file of this revision that holds the same origin object as `f`
+    /// (same path, size, mode, ETag and version), if any.
+    fn find_same_object(&self, f: &pb::FileEntry) -> Option<u32> {
         let files = self.layout.files();
         let i = files
             .binary_search_by(|x| x.path.as_str().cmp(&f.path))
@@ -664,7 +743,99 @@ impl RevisionFiles {
             && old.etag == f.etag
             && old.version == f.version
             && !f.etag.is_empty();
-        (same && lock(&self.linked)[i]).then_some(i as u32)
+        same.then_some(i as u32)
+    }
+
+    /// As [`Self::find_same_object`], for a file complete on disk.
+    fn find_unchanged(&self, f: &pb::FileEntry) -> Option<u32> {
+        self.find_same_object(f)
+            .filter(|&i| lock(&self.linked)[i as usize])
+    }
+
+    /// Hard-links into this (staging) revision the files that hold the
+    /// same origin object as a file of `old`, an unfinished revision of
+    /// which this node verified the chunks `verified`; returns the chunks
+    /// of this revision that lie wholly in bytes verified there (or in
+    /// files complete on disk).
+    ///
+    /// Why those bytes may be published without a transfer: each lies in
+    /// a chunk of `old` that matched a digest from the origin side (a
+    /// fetcher's attestation, or this node's own read) before it was
+    /// written, and its file is the same origin object (reads are pinned
+    /// to the ETag or version), so it is the origin's byte. This node
+    /// then vouches for the chunk of this revision itself, as for a file
+    /// linked from the published revision. A file of `old` that is
+    /// read-only (sealed) is left alone: the chunks of this revision that
+    /// share it with other files are written again.
+    fn carry_from(&self, old: &RevisionFiles, verified: &ChunkSet) -> Result<ChunkSet, StoreError> {
+        let linked = lock(&self.linked).clone();
+        let mut source = vec![FileSource::Missing; self.layout.files().len()];
+        for (i, f) in self.layout.files().iter().enumerate() {
+            if linked[i] {
+                source[i] = FileSource::Complete;
+                continue;
+            }
+            let Some(j) = old.find_same_object(f) else {
+                continue;
+            };
+            let Ok(theirs) = fstatat(
+                old.dir_fd.as_fd(),
+                f.path.as_str(),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) else {
+                continue;
+            };
+            let regular = theirs.st_mode & libc::S_IFMT == libc::S_IFREG;
+            if !regular || theirs.st_mode & 0o200 == 0 {
+                continue;
+            }
+            let same_inode = |s: &nix::sys::stat::FileStat| {
+                s.st_ino == theirs.st_ino && s.st_dev == theirs.st_dev
+            };
+            match nix::unistd::linkat(
+                old.dir_fd.as_fd(),
+                f.path.as_str(),
+                self.dir_fd.as_fd(),
+                f.path.as_str(),
+                AtFlags::empty(),
+            ) {
+                Ok(()) => source[i] = FileSource::Carried(j),
+                // Linked before (this revision was opened already): the
+                // same file. Otherwise this revision's own.
+                Err(Errno::EEXIST) => {
+                    let ours = fstatat(
+                        self.dir_fd.as_fd(),
+                        f.path.as_str(),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    );
+                    if ours.is_ok_and(|s| same_inode(&s)) {
+                        source[i] = FileSource::Carried(j);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(path = %f.path, error = %e, "hard link from the unfinished revision failed; transferring");
+                }
+            }
+        }
+        let carried = carried_chunks(&old.layout, verified, &self.layout, &source);
+        if !carried.is_empty() {
+            tracing::info!(
+                dataset = %self.key,
+                from = %old.layout.revision().short(),
+                chunks = carried.count(),
+                "chunks verified in an unfinished revision are kept"
+            );
+        }
+        Ok(carried)
+    }
+
+    /// Bytes allocated on disk to file `path` of this revision (0 if it
+    /// does not exist yet), at most its listed size.
+    fn allocated_bytes(&self, path: &str) -> u64 {
+        fstatat(self.dir_fd.as_fd(), path, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .ok()
+            .filter(|s| s.st_mode & libc::S_IFMT == libc::S_IFREG)
+            .map_or(0, |s| s.st_blocks as u64 * 512)
     }
 
     /// Creates the revision's directories and hard-links the files that
@@ -738,8 +909,9 @@ impl RevisionFiles {
             Errno::ELOOP | Errno::EXDEV | Errno::ENOTDIR => StoreError::UnsafePath {
                 path: path.to_owned(),
             },
+            // The whole path: the operator shows it, for an admin to look.
             other => StoreError::Io {
-                path: path.to_owned(),
+                path: self.dir.join(path).display().to_string(),
                 source: io::Error::from(other),
             },
         }
@@ -833,6 +1005,12 @@ impl RevisionFiles {
 
     fn write_segment(&self, index: u32, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
         let path = &self.layout.files()[index as usize].path;
+        let failed = |source: io::Error| StoreError::Write {
+            path: self.dir.join(path).display().to_string(),
+            offset,
+            bytes: bytes.len() as u64,
+            source,
+        };
         let block = crate::chunkmem::BLOCK;
         let aligned = bytes.len() / block * block;
         let mut direct = 0;
@@ -849,13 +1027,13 @@ impl RevisionFiles {
                 }
                 // A block size above ours: the page cache it is.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct_io.refused(&e),
-                Err(e) => return Err(io_err(path)(e)),
+                Err(e) => return Err(failed(e)),
             }
         }
         if direct < bytes.len() {
             let f = self.file(index)?;
             let at = offset + direct as u64;
-            f.write_all_at(&bytes[direct..], at).map_err(io_err(path))?;
+            f.write_all_at(&bytes[direct..], at).map_err(failed)?;
             self.write_behind.hint(f, at, (bytes.len() - direct) as u64);
         }
         Ok(())
@@ -877,6 +1055,10 @@ impl RevisionFiles {
     /// Appends verified chunks to the revision's log. Not fsynced per
     /// chunk: after a crash the log is re-verified against the data.
     pub fn record_verified(&self, records: &[ChunkRecord]) -> Result<(), StoreError> {
+        // Nothing to log: no file made (the dataset may be being removed).
+        if records.is_empty() {
+            return Ok(());
+        }
         let mut buf = Vec::with_capacity(records.len() * ChunkRecord::LEN);
         for r in records {
             r.encode(&mut buf);
@@ -886,7 +1068,13 @@ impl RevisionFiles {
             .append(true)
             .open(&self.log_path)
             .map_err(io_err(&self.log_path))?;
-        f.write_all(&buf).map_err(io_err(&self.log_path))
+        let offset = f.metadata().map_or(0, |m| m.len());
+        f.write_all(&buf).map_err(|source| StoreError::Write {
+            path: self.log_path.display().to_string(),
+            offset,
+            bytes: buf.len() as u64,
+            source,
+        })
     }
 
     /// The chunk log as written (possibly with a torn last record).
@@ -1055,6 +1243,75 @@ impl RevisionFiles {
     }
 }
 
+/// Where the bytes of a file of a new revision may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileSource {
+    /// Nowhere: every chunk is transferred.
+    Missing,
+    /// Complete on disk (linked from the published revision).
+    Complete,
+    /// Linked from an unfinished revision, where it is this file.
+    Carried(u32),
+}
+
+/// The chunks of `new` whose every byte is on disk already: in files
+/// complete on disk, or in files carried over from `old` (`source`, by
+/// file of `new`) within chunks of `old` that were verified.
+fn carried_chunks(
+    old: &ChunkLayout,
+    verified: &ChunkSet,
+    new: &ChunkLayout,
+    source: &[FileSource],
+) -> ChunkSet {
+    let mut out = ChunkSet::new(new.chunk_count());
+    if !source.iter().any(|s| matches!(s, FileSource::Carried(_))) {
+        return out;
+    }
+    // The verified byte ranges of every file of `old`, merged.
+    let mut ranges: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+    for c in verified.iter().filter(|&c| c < old.chunk_count()) {
+        for s in old.segments(c) {
+            ranges
+                .entry(s.file)
+                .or_default()
+                .push((s.file_offset, s.file_offset + s.len));
+        }
+    }
+    for r in ranges.values_mut() {
+        r.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+        for &(a, b) in r.iter() {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        *r = merged;
+    }
+    let covered = |file: u32, start: u64, len: u64| {
+        ranges.get(&file).is_some_and(|r| {
+            // The last range starting at or before `start`.
+            let i = r.partition_point(|&(a, _)| a <= start);
+            i > 0 && r[i - 1].1 >= start + len
+        })
+    };
+    for c in 0..new.chunk_count() {
+        let segments = new.segments(c);
+        let carried = segments
+            .iter()
+            .any(|s| matches!(source.get(s.file as usize), Some(FileSource::Carried(_))));
+        let local = segments.iter().all(|s| match source.get(s.file as usize) {
+            Some(FileSource::Complete) => true,
+            Some(FileSource::Carried(j)) => covered(*j, s.file_offset, s.len),
+            _ => false,
+        });
+        if carried && local {
+            out.insert(c);
+        }
+    }
+    out
+}
+
 fn open_dir_nofollow(dir: &Path) -> Result<OwnedFd, StoreError> {
     let how = OpenHow::new().flags(OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW);
     openat2(nix::fcntl::AT_FDCWD, dir, how).map_err(|e| match e {
@@ -1063,6 +1320,16 @@ fn open_dir_nofollow(dir: &Path) -> Result<OwnedFd, StoreError> {
         },
         other => io_err(dir)(io::Error::from(other)),
     })
+}
+
+/// The temporary name of a dataset's new symlink before it is renamed over
+/// `datasets/<ns>/<name>`: of fixed length whatever the name (a name of
+/// 253 bytes, valid in Kubernetes, fits a path segment of 255, but not
+/// with a prefix and a suffix added), starting with a dot so that it is
+/// never taken for a dataset.
+fn swap_name(name: &str) -> String {
+    let hash = blake3::hash(name.as_bytes()).to_hex();
+    format!(".swap-{}", &hash[..32])
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -1107,12 +1374,23 @@ fn remove_tree(path: &Path) -> Result<(), StoreError> {
             }
         }
     }
-    make_writable(path);
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(path)(e)),
+    // A transfer being stopped may still finish a write it began, making a
+    // file in a directory just emptied: take the tree again (a few times,
+    // briefly). Once a directory is gone, such writes fail: they hold it
+    // open by descriptor, not by path.
+    const ATTEMPTS: u32 = 20;
+    for attempt in 1.. {
+        make_writable(path);
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && attempt < ATTEMPTS => {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            Err(e) => return Err(io_err(path)(e)),
+        }
     }
+    Ok(())
 }
 
 fn tree_bytes(p: &Path) -> u64 {
@@ -1254,7 +1532,9 @@ mod tests {
                 .map(|i| entry(&format!("d{}/f{i}", i % 3), 1000 + i as u64, "1"))
                 .collect();
             files.sort_by(|a, b| a.path.cmp(&b.path));
-            let rev = store.open_revision(&key, layout(files), None).unwrap();
+            let rev = store
+                .open_revision(&key, layout(files), Reuse::default())
+                .unwrap();
             fill(&rev, 3);
             store.publish(&rev).unwrap();
             let published = tmp.path().join("datasets/ml/many");
@@ -1301,7 +1581,9 @@ mod tests {
             ];
             let l = Arc::new(ChunkLayout::new(files, 1 << 20).unwrap());
             assert_eq!(l.chunk_count(), 3);
-            let rev = store.open_revision(&key, l.clone(), None).unwrap();
+            let rev = store
+                .open_revision(&key, l.clone(), Reuse::default())
+                .unwrap();
             let pool = crate::chunkmem::BufferPool::new(1 << 20, 1);
             let mut expected = Vec::new();
             for i in 0..l.chunk_count() {
@@ -1329,7 +1611,9 @@ mod tests {
 
             // Memory that is not block-aligned goes through the page cache.
             let key = DatasetKey::new("ml", "other").unwrap();
-            let rev = store.open_revision(&key, l.clone(), None).unwrap();
+            let rev = store
+                .open_revision(&key, l.clone(), Reuse::default())
+                .unwrap();
             let off_by_one = vec![0u8; (1 << 20) + 1];
             rev.write_chunk(0, &off_by_one[1..]).unwrap();
             assert_eq!(rev.bytes_written_direct(), 0);
@@ -1343,14 +1627,18 @@ mod tests {
             let store = NodeStore::open(tmp.path()).unwrap();
             let key = DatasetKey::new("ml", "llama").unwrap();
             let l = layout(vec![entry("a/b/c.bin", 200_000, "1"), entry("d", 10, "1")]);
-            let rev = store.open_revision(&key, l.clone(), None).unwrap();
+            let rev = store
+                .open_revision(&key, l.clone(), Reuse::default())
+                .unwrap();
             fill(&rev, 1);
             // The agent stops after sealing, before the move into place...
             rev.seal().unwrap();
             drop(rev);
             // ...and its chunk log lost its records: every chunk is written
             // again, into files and directories that sealing made read-only.
-            let rev = store.open_revision(&key, l.clone(), None).unwrap();
+            let rev = store
+                .open_revision(&key, l.clone(), Reuse::default())
+                .unwrap();
             fill(&rev, 2);
             store.publish(&rev).unwrap();
             let path = store.dataset_path(&key);
@@ -1374,7 +1662,9 @@ mod tests {
             let store = NodeStore::open(tmp.path()).unwrap();
             let key = DatasetKey::new("ml", "llama").unwrap();
             let l = layout(vec![entry("a/b.bin", 200_000, "1"), entry("c", 10, "1")]);
-            let rev = store.open_revision(&key, l.clone(), None).unwrap();
+            let rev = store
+                .open_revision(&key, l.clone(), Reuse::default())
+                .unwrap();
             fill(&rev, 1);
             store.publish(&rev).unwrap();
             let path = store.dataset_path(&key);
@@ -1388,7 +1678,9 @@ mod tests {
 
             // A new revision with one file changed: the unchanged one is linked.
             let l2 = layout(vec![entry("a/b.bin", 200_000, "1"), entry("c", 12, "2")]);
-            let rev2 = store.open_revision(&key, l2.clone(), Some(&rev)).unwrap();
+            let rev2 = store
+                .open_revision(&key, l2.clone(), Reuse::published(&rev))
+                .unwrap();
             let big_chunks: Vec<u32> = (0..l2.chunk_count())
                 .filter(|&i| rev2.chunk_is_local(i))
                 .collect();
@@ -1438,7 +1730,10 @@ mod tests {
         let key = DatasetKey::new("ml", "x").unwrap();
         let l = layout(vec![entry("d/f", 10, "1")]);
         plant_symlink(&store, &key, &l, "d", outside.path());
-        let err = store.open_revision(&key, l, None).err().unwrap();
+        let err = store
+            .open_revision(&key, l, Reuse::default())
+            .err()
+            .unwrap();
         assert!(
             matches!(err, StoreError::UnsafePath { ref path } if path == "d/f"),
             "{err}"
@@ -1455,7 +1750,7 @@ mod tests {
         let l = layout(vec![entry("f", 10, "1")]);
         let target = outside.path().join("target");
         plant_symlink(&store, &key, &l, "f", &target);
-        let files = store.open_revision(&key, l, None).unwrap();
+        let files = store.open_revision(&key, l, Reuse::default()).unwrap();
         let err = files.write_chunk(0, &[7; 10]).unwrap_err();
         assert!(
             matches!(err, StoreError::UnsafePath { ref path } if path == "f"),
@@ -1472,7 +1767,9 @@ mod tests {
             let store = NodeStore::open(tmp.path()).unwrap();
             let key = DatasetKey::new("ml", "x").unwrap();
             let l = layout(vec![entry("a", 10, "1"), entry("d/empty", 0, "2")]);
-            let files = store.open_revision(&key, l.clone(), None).unwrap();
+            let files = store
+                .open_revision(&key, l.clone(), Reuse::default())
+                .unwrap();
             for i in 0..l.chunk_count() {
                 files
                     .write_chunk(i, &vec![1; l.chunk_len(i) as usize])
@@ -1492,7 +1789,7 @@ mod tests {
         let store = NodeStore::open(tmp.path()).unwrap();
         let key = DatasetKey::new("a", "b").unwrap();
         let rev = store
-            .open_revision(&key, layout(vec![entry("f", 5, "1")]), None)
+            .open_revision(&key, layout(vec![entry("f", 5, "1")]), Reuse::default())
             .unwrap();
         let rec = ChunkRecord {
             index: 0,
@@ -1544,5 +1841,236 @@ mod tests {
             assert!(DatasetKey::new(ns, name).is_err(), "{ns}/{name}");
         }
         assert!(DatasetKey::new("team-a", "llama.v2").is_ok());
+    }
+
+    /// A name of 253 bytes, valid in Kubernetes: labels of 63, 63, 63 and
+    /// 61 characters.
+    fn longest_name() -> String {
+        let name = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
+        assert_eq!(name.len(), 253);
+        name
+    }
+
+    #[test]
+    fn a_dataset_named_with_253_characters_is_published_and_updated() {
+        as_the_chart_runs_the_agent(|| {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = NodeStore::open(tmp.path()).unwrap();
+            let key = DatasetKey::new("ml", &longest_name()).unwrap();
+            let l = layout(vec![entry("a", 10, "1")]);
+            let rev = store.open_revision(&key, l, Reuse::default()).unwrap();
+            fill(&rev, 1);
+            store.publish(&rev).unwrap();
+            // And again, over the link just made.
+            let l2 = layout(vec![entry("a", 10, "1"), entry("b", 5, "1")]);
+            let rev2 = store
+                .open_revision(&key, l2.clone(), Reuse::published(&rev))
+                .unwrap();
+            for i in (0..l2.chunk_count()).filter(|&i| !rev2.chunk_is_local(i)) {
+                rev2.write_chunk(i, &vec![2; l2.chunk_len(i) as usize])
+                    .unwrap();
+            }
+            store.publish(&rev2).unwrap();
+            let path = store.dataset_path(&key);
+            assert_eq!(std::fs::read(path.join("a")).unwrap(), vec![1; 10]);
+            assert_eq!(std::fs::read(path.join("b")).unwrap(), vec![2; 5]);
+            // Nothing left beside the link.
+            let names: Vec<_> = std::fs::read_dir(tmp.path().join("datasets/ml"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, [std::ffi::OsString::from(longest_name())]);
+            assert!(store.remove(&key).unwrap());
+        });
+    }
+
+    #[test]
+    fn temporary_names_do_not_grow_with_the_dataset_name() {
+        assert_eq!(swap_name("a"), swap_name("a"));
+        assert_ne!(swap_name("a"), swap_name("b"));
+        assert_eq!(swap_name(&longest_name()).len(), swap_name("a").len());
+        assert!(swap_name("a").len() <= 64);
+    }
+
+    #[test]
+    fn a_full_filesystem_is_insufficient_storage_any_other_failure_a_storage_error() {
+        let enospc = StoreError::Write {
+            path: "/var/lib/swarmseed/staging/ml/x/0123/a.bin".into(),
+            offset: 1 << 20,
+            bytes: 1 << 20,
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(enospc.reason(), "InsufficientStorage");
+        assert_eq!(enospc.label(), "insufficient_storage");
+        let message = enospc.to_string();
+        assert!(
+            message.contains("/var/lib/swarmseed/staging/ml/x/0123/a.bin")
+                && message.contains("writing 1048576 bytes"),
+            "{message}"
+        );
+        let quota = StoreError::Io {
+            path: "log".into(),
+            source: io::Error::from_raw_os_error(libc::EDQUOT),
+        };
+        assert_eq!(quota.reason(), "InsufficientStorage");
+        let eio = StoreError::Io {
+            path: "log".into(),
+            source: io::Error::from_raw_os_error(libc::EIO),
+        };
+        assert_eq!(eio.reason(), "StorageError");
+    }
+
+    fn set(n: u32, members: impl IntoIterator<Item = u32>) -> ChunkSet {
+        let mut s = ChunkSet::new(n);
+        for i in members {
+            s.insert(i);
+        }
+        s
+    }
+
+    #[test]
+    fn chunks_of_a_new_revision_lying_in_verified_bytes_of_unchanged_files_are_carried() {
+        // 64 KiB chunks: "big" has chunks 0..3 of its own; "s1", "s2" and
+        // "s3" are packed into chunk 3.
+        let old = layout(vec![
+            entry("big", 3 * 65536, "1"),
+            entry("s1", 100, "1"),
+            entry("s2", 100, "1"),
+            entry("s3", 100, "1"),
+        ]);
+        assert_eq!(old.chunk_count(), 4);
+        // The new listing: s2 changed (other size and ETag).
+        let new = layout(vec![
+            entry("big", 3 * 65536, "1"),
+            entry("s1", 100, "1"),
+            entry("s2", 120, "2"),
+            entry("s3", 100, "1"),
+        ]);
+        let carried = [0, 1, 3].map(FileSource::Carried);
+        let source = [carried[0], carried[1], FileSource::Missing, carried[2]];
+        // Chunks 0 and 2 of "big" and the packed chunk verified before.
+        let got = carried_chunks(&old, &set(4, [0, 2, 3]), &new, &source);
+        // The packed chunk holds the changed s2: transferred again.
+        assert_eq!(got.iter().collect::<Vec<_>>(), [0, 2]);
+
+        // Another chunk size: a chunk of the new layout spans two old ones
+        // and is carried only if both were verified.
+        let new =
+            Arc::new(ChunkLayout::new(vec![entry("big", 3 * 65536, "1")], 128 * 1024).unwrap());
+        let one = [FileSource::Carried(0)];
+        let got = carried_chunks(&old, &set(4, [0, 2]), &new, &one);
+        assert_eq!(got.iter().collect::<Vec<_>>(), [1]);
+        let got = carried_chunks(&old, &set(4, [0, 1, 2]), &new, &one);
+        assert_eq!(got.iter().collect::<Vec<_>>(), [0, 1]);
+        // Files complete on disk count; a chunk of nothing but those is
+        // local already and not counted as carried.
+        let got = carried_chunks(&old, &set(4, []), &new, &[FileSource::Complete]);
+        assert!(got.is_empty());
+    }
+
+    #[test]
+    fn an_unfinished_revision_hands_its_verified_chunks_of_unchanged_files_to_the_next() {
+        as_the_chart_runs_the_agent(|| {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = NodeStore::open(tmp.path()).unwrap();
+            let key = DatasetKey::new("ml", "llama").unwrap();
+            let l1 = layout(vec![entry("a", 200_000, "1"), entry("b", 100_000, "1")]);
+            let rev1 = store
+                .open_revision(&key, l1.clone(), Reuse::default())
+                .unwrap();
+            // Half of it arrived, then "b" changed at the origin.
+            let verified = set(l1.chunk_count(), [0, 1, 3]);
+            for i in verified.iter() {
+                rev1.write_chunk(i, &vec![i as u8 + 1; l1.chunk_len(i) as usize])
+                    .unwrap();
+            }
+            let l2 = layout(vec![entry("a", 200_000, "1"), entry("b", 100_000, "2")]);
+            let unfinished = Reuse {
+                published: None,
+                unfinished: Some((&rev1, &verified)),
+            };
+            let rev2 = store.open_revision(&key, l2.clone(), unfinished).unwrap();
+            let local: Vec<u32> = (0..l2.chunk_count())
+                .filter(|&i| rev2.chunk_is_local(i))
+                .collect();
+            // a's chunks 0, 1 and 3 (its last, short one); not b's.
+            assert_eq!(local, [0, 1, 3]);
+            let mut buf = vec![0; l2.chunk_len(1) as usize];
+            rev2.read_chunk(1, &mut buf).unwrap();
+            assert_eq!(buf, vec![2; buf.len()]);
+            // The rest is written as usual, also into the carried file.
+            for i in (0..l2.chunk_count()).filter(|&i| !rev2.chunk_is_local(i)) {
+                rev2.write_chunk(i, &vec![9; l2.chunk_len(i) as usize])
+                    .unwrap();
+            }
+            store.publish(&rev2).unwrap();
+            let a = std::fs::read(store.dataset_path(&key).join("a")).unwrap();
+            assert_eq!(&a[..65536], &[1; 65536][..]);
+            assert_eq!(&a[2 * 65536..3 * 65536], &[9; 65536][..]);
+            assert_eq!(a[3 * 65536], 4);
+            // Opened again (after a restart): the same chunks.
+            drop(rev2);
+            let rev2 = store
+                .open_revision(&key, l2.clone(), Reuse::default())
+                .unwrap();
+            assert!(rev2.is_published());
+        });
+    }
+
+    #[test]
+    fn a_retry_needs_room_only_for_what_is_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(tmp.path()).unwrap();
+        let key = DatasetKey::new("ml", "x").unwrap();
+        let free = || {
+            let s = nix::sys::statvfs::statvfs(tmp.path()).unwrap();
+            s.blocks_available() as u64 * s.fragment_size() as u64
+        };
+        // A first attempt filled 2 GiB of the file, then failed (the disk
+        // was full: something else took the room, since freed).
+        let have: u64 = 2 << 30;
+        let mut l = layout(vec![entry("f", have, "1")]);
+        drop(
+            store
+                .open_revision(&key, l.clone(), Reuse::default())
+                .unwrap(),
+        );
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(store.staging_dir(&key, &l.revision()).join("f"))
+            .unwrap();
+        nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, have as i64).unwrap();
+        // The listing holds a file larger than the free space, but what is
+        // missing of it fits (with a margin of a GiB for the other writers
+        // of this filesystem).
+        let size = free() + have / 2;
+        l = Arc::new(ChunkLayout::new(vec![entry("f", size, "1")], 64 << 20).unwrap());
+        let staging = store.staging_dir(&key, &l.revision());
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::rename(
+            store
+                .staging_dir(&key, &layout(vec![entry("f", have, "1")]).revision())
+                .join("f"),
+            staging.join("f"),
+        )
+        .unwrap();
+        store
+            .open_revision(&key, l.clone(), Reuse::default())
+            .unwrap();
+        // Without it, refused.
+        std::fs::remove_file(staging.join("f")).unwrap();
+        let err = store.open_revision(&key, l, Reuse::default()).err();
+        assert!(
+            matches!(err, Some(StoreError::InsufficientStorage { .. })),
+            "{err:?}"
+        );
     }
 }

@@ -34,7 +34,9 @@ use crate::board::{Board, ChunkSet, ScanOrder, help_margin};
 use crate::chunkmem::{BufferPool, ChunkBuf, RecentChunks};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::origin::{OriginClient, OriginError, OriginOptions};
-use crate::store::{ChunkRecord, DatasetKey, NodeStore, RevisionFiles};
+use crate::origin_health::OriginHealth;
+use crate::reach::PeerReach;
+use crate::store::{ChunkRecord, DatasetKey, NodeStore, RevisionFiles, StoreError};
 use crate::wire;
 
 /// Tunables shared by all transfers of an agent.
@@ -270,11 +272,11 @@ pub struct Transfer {
     content_digest: Mutex<Option<ContentDigest>>,
     cancel: CancellationToken,
     sessions: Mutex<HashMap<String, CancellationToken>>,
-    /// Peers with an established download session.
-    live_nodes: Mutex<HashSet<String>>,
-    /// When each peer last answered at all (a refusal counts: it is up,
-    /// just not assigned yet).
-    last_seen: Mutex<HashMap<String, Instant>>,
+    /// Which peers have a download session, and when the others last had
+    /// one: whether their chunks are stranded.
+    reach: Mutex<PeerReach>,
+    /// Whether origin reads succeed (reported in progress).
+    origin_health: Mutex<OriginHealth>,
     banned: Mutex<HashSet<String>>,
     /// Copies of each chunk this node has begun sending to peers.
     uploads: Box<[AtomicU16]>,
@@ -313,6 +315,7 @@ impl Transfer {
             .collect();
         let buffers = BufferPool::new(layout.chunk_size() as usize, IDLE_BUFFERS);
         let recent = RecentChunks::new(cfg.peer_cache_bytes);
+        let started = Instant::now();
         Ok(Arc::new(Self {
             key,
             files,
@@ -330,14 +333,14 @@ impl Transfer {
             content_digest: Mutex::new(None),
             cancel: CancellationToken::new(),
             sessions: Mutex::new(HashMap::new()),
-            live_nodes: Mutex::new(HashSet::new()),
-            last_seen: Mutex::new(HashMap::new()),
+            reach: Mutex::new(PeerReach::new(started)),
+            origin_health: Mutex::new(OriginHealth::new(started)),
             banned: Mutex::new(HashSet::new()),
             uploads,
             buffers,
             recent,
             helping_since: Mutex::new(None),
-            started: Instant::now(),
+            started,
             corrupt_serving,
         }))
     }
@@ -413,6 +416,17 @@ impl Transfer {
         matches!(*lock(&self.phase), Phase::Failed { .. })
     }
 
+    /// Completes when the transfer is stopped: it failed, was replaced by
+    /// another revision, or its dataset was removed.
+    pub fn stopped(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// The chunks this node has verified so far.
+    pub fn verified_chunks(&self) -> ChunkSet {
+        lock(&self.board).verified().clone()
+    }
+
     /// Verified chunks and their attestations, for a peer's initial HAVE.
     pub fn have_snapshot(&self) -> Vec<ChunkRecord> {
         lock(&self.board).records().copied().collect()
@@ -486,7 +500,13 @@ impl Transfer {
             let bytes: u64 = v.iter().map(|i| self.layout.chunk_len(i)).sum();
             (v.count(), bytes)
         };
-        let (state, error) = match &*lock(&self.phase) {
+        let phase = lock(&self.phase).clone();
+        let (origin_error, origin_error_seconds) = match phase {
+            Phase::Transferring => lock(&self.origin_health).report(Instant::now()).unzip(),
+            _ => (None, None),
+        };
+        let origin_error_seconds = origin_error_seconds.unwrap_or(0);
+        let (state, error) = match &phase {
             Phase::Pending => (DatasetState::Pending, None),
             Phase::Transferring => (DatasetState::Transferring, None),
             Phase::Publishing => (DatasetState::Publishing, None),
@@ -519,10 +539,18 @@ impl Transfer {
             published_path: String::new(),
             published_revision: String::new(),
             error,
-            // Reported by the origin reader once it tracks failures.
-            origin_error: None,
-            origin_error_seconds: 0,
+            origin_error,
+            origin_error_seconds,
         }
+    }
+
+    /// A write to the node's store failed: the transfer fails with the
+    /// store's reason (`InsufficientStorage` for a full filesystem or
+    /// quota, `StorageError` otherwise) and a message naming the path.
+    /// What was verified stays on the disk and in the chunk log, so a
+    /// retry of the assignment resumes from there.
+    fn fail_storage(&self, e: &StoreError) {
+        self.fail(e.reason(), e.to_string());
     }
 
     fn fail(&self, reason: &str, message: String) {
@@ -740,7 +768,6 @@ impl Transfer {
                     r = self.session(&peer, &cancel) => r,
                     _ = cancel.cancelled() => return,
                 };
-                lock(&self.live_nodes).remove(&peer.node_name);
                 match result {
                     Ok(()) => backoff = Duration::from_millis(100),
                     Err(SessionError::BadData(i)) => {
@@ -780,10 +807,6 @@ impl Transfer {
         .await
     }
 
-    fn mark_seen(&self, node: &str) {
-        lock(&self.last_seen).insert(node.to_owned(), Instant::now());
-    }
-
     async fn session(
         self: &Arc<Self>,
         peer: &pb::Peer,
@@ -800,17 +823,21 @@ impl Transfer {
         // once more).
         let mut rd = BufReader::with_capacity(32 * 1024, rd);
 
-        // Handshake.
-        let (kind, len) = tokio::time::timeout(io_timeout, wire::read_header(&mut rd))
-            .await
-            .map_err(|_| SessionError::Timeout("server hello"))??;
-        let p = wire::read_control(&mut rd, len).await?;
-        if kind != wire::SERVER_HELLO || p.len() != 40 || p[..8] != wire::MAGIC {
-            return Err(SessionError::Protocol("expected SERVER_HELLO".into()));
+        // Handshake: each frame whole within the timeout, its length
+        // bounded by its kind before it is read.
+        let (kind, p) = tokio::time::timeout(
+            io_timeout,
+            wire::read_frame_of(&mut rd, &[wire::SERVER_HELLO, wire::ERROR]),
+        )
+        .await
+        .map_err(|_| SessionError::Timeout("server hello"))??;
+        if kind == wire::ERROR {
+            // A server with too many handshakes in progress says so.
+            return Err(SessionError::Refused(
+                String::from_utf8_lossy(&p).into_owned(),
+            ));
         }
-        let nonce: [u8; 32] = p[8..40]
-            .try_into()
-            .map_err(|_| SessionError::Protocol("nonce".into()))?;
+        let nonce = wire::parse_server_hello(&p)?;
         let rev = self.revision();
         let mac = wire::hello_mac(
             &self.token(),
@@ -827,11 +854,14 @@ impl Transfer {
             node: self.cfg.node_name.clone(),
         };
         wire::write_frame(&mut wr, wire::HELLO, &hello.encode()).await?;
-        let (kind, len) = tokio::time::timeout(io_timeout, wire::read_header(&mut rd))
-            .await
-            .map_err(|_| SessionError::Timeout("welcome"))??;
-        let p = wire::read_control(&mut rd, len).await?;
-        self.mark_seen(&peer.node_name);
+        let (kind, p) = tokio::time::timeout(
+            io_timeout,
+            wire::read_frame_of(&mut rd, &[wire::WELCOME, wire::ERROR]),
+        )
+        .await
+        .map_err(|_| SessionError::Timeout("welcome"))??;
+        // A refusal is no sign of life for the fallback (see
+        // `crate::reach`): only a welcome is.
         match kind {
             wire::WELCOME if wire::parse_u32(&p)? == self.layout.chunk_count() => {}
             wire::WELCOME => return Err(SessionError::Protocol("chunk count differs".into())),
@@ -842,12 +872,12 @@ impl Transfer {
             }
             _ => return Err(SessionError::Protocol("expected WELCOME".into())),
         }
-        lock(&self.live_nodes).insert(peer.node_name.clone());
+        lock(&self.reach).session_opened(&peer.node_name, Instant::now());
         self.metrics.active_peers.inc();
         let _active = scopeguard(|| {
             self.metrics.active_peers.dec();
             // It was up until now.
-            self.mark_seen(&peer.node_name);
+            lock(&self.reach).session_closed(&peer.node_name, Instant::now());
         });
 
         let peer_has = Arc::new(Mutex::new(ChunkSet::new(self.layout.chunk_count())));
@@ -914,7 +944,7 @@ impl Transfer {
             // chunks only this peer holds: everyone else is asking it for
             // the same fresh chunks, and the ones not in flight can come
             // from whoever gets them first.
-            let relays = lock(&self.live_nodes).len() > 1;
+            let relays = lock(&self.reach).live() > 1;
             {
                 let has = lock(peer_has);
                 let mut out = lock(outstanding);
@@ -999,7 +1029,7 @@ impl Transfer {
             let (kind, len) = wire::read_header(&mut rd).await?;
             match kind {
                 wire::HAVE => {
-                    let payload = wire::read_control(&mut rd, len).await?;
+                    let payload = wire::read_control(&mut rd, kind, len).await?;
                     let mut records = wire::decode_haves(&payload)?;
                     let fetchers = lock(&self.plan).fetchers.clone();
                     records.retain(|r| r.index < self.layout.chunk_count());
@@ -1088,7 +1118,7 @@ impl Transfer {
                     });
                 }
                 wire::REJECT => {
-                    let p = wire::read_control(&mut rd, len).await?;
+                    let p = wire::read_control(&mut rd, kind, len).await?;
                     let index = wire::parse_u32(&p)?;
                     if lock(outstanding).remove(&index) {
                         lock(&self.board).release(index);
@@ -1098,7 +1128,7 @@ impl Transfer {
                     let _ = events.send(SessionEvent::Resolved(0)).await;
                 }
                 wire::ERROR => {
-                    let p = wire::read_control(&mut rd, len).await?;
+                    let p = wire::read_control(&mut rd, kind, len).await?;
                     return Err(SessionError::Refused(
                         String::from_utf8_lossy(&p).into_owned(),
                     ));
@@ -1148,6 +1178,7 @@ impl Transfer {
     ) -> Result<(), SessionError> {
         if let Err(e) = self.files.write_chunk(record.index, &data) {
             self.buffers.give(data);
+            self.fail_storage(&e);
             return Err(e.into());
         }
         let len = data.len() as u64;
@@ -1201,7 +1232,10 @@ impl Transfer {
         bytes: u64,
         requested: bool,
     ) -> Result<(), SessionError> {
-        self.files.record_verified(&[record])?;
+        if let Err(e) = self.files.record_verified(&[record]) {
+            self.fail_storage(&e);
+            return Err(e.into());
+        }
         let new = {
             let mut board = lock(&self.board);
             if requested {
@@ -1263,6 +1297,18 @@ impl Transfer {
             }
             if in_flight == 0 && lock(&self.board).is_complete() {
                 return;
+            }
+            {
+                let now = Instant::now();
+                let mut health = lock(&self.origin_health);
+                // Nothing wanted from the origin now: no outage.
+                let ended = in_flight == 0 && health.idle(now);
+                if ended || health.report_began(now) {
+                    self.metrics.origin_outages.inc();
+                    if let Some((e, secs)) = health.report(now) {
+                        warn!(reason = %e.reason, error = %e.message, seconds = secs, "no origin read has succeeded for a while");
+                    }
+                }
             }
             // At full depth only a finished read can start another: board
             // changes need not wake this loop.
@@ -1345,8 +1391,15 @@ impl Transfer {
                 .unwrap_or_else(|e| Err(SessionError::Io(std::io::Error::other(e))));
                 if let Err(e) = written {
                     lock(&self.board).release(index);
-                    self.fail("StorageError", e.to_string());
+                    // A store error failed the transfer already, with its
+                    // reason and path.
+                    if !matches!(e, SessionError::Store(_)) {
+                        self.fail("StorageError", e.to_string());
+                    }
                     return 0;
+                }
+                if lock(&self.origin_health).succeeded(Instant::now()) {
+                    self.metrics.origin_outages.inc();
                 }
                 len
             }
@@ -1357,8 +1410,12 @@ impl Transfer {
                     .get_or_create(&ReasonLabels { reason: e.label() })
                     .inc();
                 if e.is_transient() {
-                    warn!(chunk = index, error = %e, "origin read failed; will retry");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let pause = lock(&self.origin_health).failed(e.reason(), e.to_string());
+                    warn!(chunk = index, error = %e, retry_in = ?pause, "origin read failed; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.cancel.cancelled() => {}
+                    }
                     self.bump();
                 } else {
                     self.fail(e.reason(), e.to_string());
@@ -1380,20 +1437,20 @@ impl Transfer {
                 let p = lock(&self.plan);
                 (p.fetcher_nodes.clone(), self.cfg.node_name.clone())
             };
-            let live = lock(&self.live_nodes).clone();
-            let seen = lock(&self.last_seen).clone();
+            let reach = lock(&self.reach);
+            let unreachable: HashSet<&str> = fetcher_nodes
+                .iter()
+                .map(|(node, _)| node.as_str())
+                .filter(|node| *node != me && reach.unreachable(node, now, after))
+                .collect();
+            drop(reach);
             let stranded_since_start = now.duration_since(self.started) >= after;
             let mut board = lock(&self.board);
             let mut covered = ChunkSet::new(self.layout.chunk_count());
             let mut changed = false;
             let mut gone = Vec::new();
             for (node, ranges) in &fetcher_nodes {
-                // Unreachable: no session, and no answer for the delay.
-                let unreachable = *node != me
-                    && !live.contains(node)
-                    && seen
-                        .get(node)
-                        .map_or(stranded_since_start, |t| now.duration_since(*t) >= after);
+                let unreachable = unreachable.contains(node.as_str());
                 if unreachable {
                     gone.push(node.as_str());
                 }
@@ -1445,6 +1502,9 @@ fn scopeguard<F: FnMut()>(f: F) -> ScopeGuard<F> {
 }
 
 #[cfg(test)]
+mod peer_protocol_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -1462,7 +1522,9 @@ mod tests {
             ..Default::default()
         };
         let layout = Arc::new(ChunkLayout::new(vec![file], 64 * 1024).unwrap());
-        let files = store.open_revision(&key, layout, None).unwrap();
+        let files = store
+            .open_revision(&key, layout, Default::default())
+            .unwrap();
         let identity = Identity::load_or_create(&tmp.path().join("key")).unwrap();
         let transfer = Transfer::new(
             key,

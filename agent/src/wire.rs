@@ -15,6 +15,12 @@
 //!
 //! The MAC proves the client holds the dataset's peer token without sending
 //! it: `blake3::keyed_hash(token, context ‖ nonce ‖ revision ‖ ns ‖ 0 ‖ name)`.
+//!
+//! Every length a peer declares is checked against what its frame kind may
+//! hold ([`control_payload_limit`]) before a byte of the payload is read or
+//! a buffer allocated: a HELLO is at most [`MAX_HELLO`] bytes, so an
+//! unauthenticated client can make a server hold a few hundred bytes, not
+//! the megabyte a HAVE may fill.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -38,10 +44,26 @@ pub const HELLO: u8 = 16;
 pub const REQUEST: u8 = 17;
 pub const CANCEL: u8 = 18;
 
-/// Largest control frame (everything but PIECE).
-pub const MAX_CONTROL_FRAME: u32 = 1 << 20;
-/// HAVE records per frame, so one frame stays under MAX_CONTROL_FRAME.
+/// HAVE records per frame.
 pub const HAVE_BATCH: usize = 4096;
+/// Largest HAVE payload: a full batch of records (528 KiB).
+pub const MAX_HAVE: u32 = (HAVE_BATCH * ChunkRecord::LEN) as u32;
+/// SERVER_HELLO payload: magic and nonce.
+pub const SERVER_HELLO_LEN: u32 = 8 + 32;
+/// Longest namespace in a HELLO (a Kubernetes namespace is a DNS label).
+pub const MAX_NAMESPACE_LEN: usize = 63;
+/// Longest dataset name in a HELLO (a Kubernetes object name is a DNS
+/// subdomain).
+pub const MAX_NAME_LEN: usize = 253;
+/// Longest node name in a HELLO (a DNS subdomain too).
+pub const MAX_NODE_NAME_LEN: usize = 253;
+/// Shortest HELLO: magic, revision, MAC and three empty strings.
+pub const MIN_HELLO: u32 = 8 + 32 + 32 + 3 * 2;
+/// Longest HELLO: every string at its longest (647 bytes).
+pub const MAX_HELLO: u32 =
+    MIN_HELLO + (MAX_NAMESPACE_LEN + MAX_NAME_LEN + MAX_NODE_NAME_LEN) as u32;
+/// Longest ERROR payload: a short reason.
+pub const MAX_ERROR: u32 = 1024;
 
 const MAC_CONTEXT: &[u8] = b"swarmseed.io peer hello v1";
 
@@ -87,17 +109,88 @@ pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<(u8, u32
     Ok((h[0], u32::from_le_bytes([h[1], h[2], h[3], h[4]])))
 }
 
-/// Reads a control frame's payload, refusing oversized ones.
-pub async fn read_control<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> io::Result<Vec<u8>> {
-    if len > MAX_CONTROL_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes"),
-        ));
+/// The name of a frame kind, for messages.
+pub fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        SERVER_HELLO => "SERVER_HELLO",
+        WELCOME => "WELCOME",
+        HAVE => "HAVE",
+        PIECE => "PIECE",
+        ERROR => "ERROR",
+        REJECT => "REJECT",
+        HELLO => "HELLO",
+        REQUEST => "REQUEST",
+        CANCEL => "CANCEL",
+        _ => "unknown",
     }
+}
+
+/// The payload lengths a control frame of `kind` may declare (least,
+/// most); `None` for PIECE, whose length the receiver checks against the
+/// chunk it asked for, and for unknown kinds.
+pub fn control_payload_limit(kind: u8) -> Option<(u32, u32)> {
+    match kind {
+        SERVER_HELLO => Some((SERVER_HELLO_LEN, SERVER_HELLO_LEN)),
+        HELLO => Some((MIN_HELLO, MAX_HELLO)),
+        WELCOME | REJECT | REQUEST | CANCEL => Some((4, 4)),
+        HAVE => Some((0, MAX_HAVE)),
+        ERROR => Some((0, MAX_ERROR)),
+        _ => None,
+    }
+}
+
+/// Refuses a control frame whose declared length its kind cannot have.
+pub fn check_control(kind: u8, len: u32) -> io::Result<()> {
+    match control_payload_limit(kind) {
+        Some(_) if kind == HAVE && !(len as usize).is_multiple_of(ChunkRecord::LEN) => {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("HAVE of {len} bytes: not whole records"),
+            ))
+        }
+        Some((least, most)) if (least..=most).contains(&len) => Ok(()),
+        Some((least, most)) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} of {len} bytes (expected {least} to {most})",
+                kind_name(kind)
+            ),
+        )),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected frame {kind}"),
+        )),
+    }
+}
+
+/// Reads a control frame's payload of the declared `len`, refusing a
+/// length its kind cannot have before allocating anything.
+pub async fn read_control<R: AsyncRead + Unpin>(
+    r: &mut R,
+    kind: u8,
+    len: u32,
+) -> io::Result<Vec<u8>> {
+    check_control(kind, len)?;
     let mut buf = vec![0u8; len as usize];
     r.read_exact(&mut buf).await?;
     Ok(buf)
+}
+
+/// Reads one whole control frame that must be one of `expected`: any other
+/// kind is refused on its header, before its payload is read.
+pub async fn read_frame_of<R: AsyncRead + Unpin>(
+    r: &mut R,
+    expected: &[u8],
+) -> io::Result<(u8, Vec<u8>)> {
+    let (kind, len) = read_header(r).await?;
+    if !expected.contains(&kind) {
+        let names: Vec<&str> = expected.iter().map(|&k| kind_name(k)).collect();
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("expected {}, got frame {kind}", names.join(" or ")),
+        ));
+    }
+    Ok((kind, read_control(r, kind, len).await?))
 }
 
 /// Wake-ups per PIECE body are bounded by asking the kernel to report the
@@ -247,6 +340,33 @@ pub fn decode_haves(payload: &[u8]) -> io::Result<Vec<ChunkRecord>> {
         .collect())
 }
 
+/// The server's SERVER_HELLO payload.
+pub fn server_hello(nonce: &[u8; 32]) -> [u8; SERVER_HELLO_LEN as usize] {
+    let mut p = [0u8; SERVER_HELLO_LEN as usize];
+    p[..8].copy_from_slice(&MAGIC);
+    p[8..].copy_from_slice(nonce);
+    p
+}
+
+/// The nonce of a SERVER_HELLO payload.
+pub fn parse_server_hello(p: &[u8]) -> io::Result<[u8; 32]> {
+    match p.split_first_chunk::<8>() {
+        Some((magic, nonce)) if *magic == MAGIC => nonce
+            .try_into()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "malformed SERVER_HELLO")),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a swarmseed peer (bad magic)",
+        )),
+    }
+}
+
+/// An ERROR payload's reason, cut to [`MAX_ERROR`] bytes.
+pub fn error_payload(why: &str) -> &[u8] {
+    let b = why.as_bytes();
+    &b[..b.len().min(MAX_ERROR as usize)]
+}
+
 /// The client's HELLO.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
@@ -272,30 +392,51 @@ impl Hello {
         out
     }
 
+    /// Decodes a HELLO payload: at most [`MAX_HELLO`] bytes, each string
+    /// within its Kubernetes limit, nothing after the last.
     pub fn decode(p: &[u8]) -> io::Result<Self> {
-        let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed HELLO");
-        if p.len() < 72 || p[..8] != MAGIC {
-            return Err(bad());
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("malformed HELLO: {what}"),
+            )
+        };
+        if p.len() > MAX_HELLO as usize {
+            return Err(bad("too long"));
         }
-        let revision = RevisionId(p[8..40].try_into().map_err(|_| bad())?);
-        let mac: [u8; 32] = p[40..72].try_into().map_err(|_| bad())?;
-        let mut rest = &p[72..];
-        let mut strings = Vec::with_capacity(3);
-        for _ in 0..3 {
-            if rest.len() < 2 {
-                return Err(bad());
+        let Some((magic, rest)) = p.split_first_chunk::<8>() else {
+            return Err(bad("too short"));
+        };
+        if *magic != MAGIC {
+            return Err(bad("bad magic"));
+        }
+        let (revision, rest) = rest
+            .split_first_chunk::<32>()
+            .ok_or_else(|| bad("too short"))?;
+        let (mac, mut rest) = rest
+            .split_first_chunk::<32>()
+            .ok_or_else(|| bad("too short"))?;
+        let mut string = |most: usize, what: &str| -> io::Result<String> {
+            let (len, tail) = rest
+                .split_first_chunk::<2>()
+                .ok_or_else(|| bad("too short"))?;
+            let len = usize::from(u16::from_le_bytes(*len));
+            if len > most {
+                return Err(bad(&format!("{what} longer than {most} bytes")));
             }
-            let len = u16::from_le_bytes([rest[0], rest[1]]) as usize;
-            let s = rest.get(2..2 + len).ok_or_else(bad)?;
-            strings.push(String::from_utf8(s.to_vec()).map_err(|_| bad())?);
-            rest = &rest[2 + len..];
+            let (s, tail) = tail.split_at_checked(len).ok_or_else(|| bad("too short"))?;
+            rest = tail;
+            String::from_utf8(s.to_vec()).map_err(|_| bad(&format!("{what} is not UTF-8")))
+        };
+        let namespace = string(MAX_NAMESPACE_LEN, "namespace")?;
+        let name = string(MAX_NAME_LEN, "name")?;
+        let node = string(MAX_NODE_NAME_LEN, "node name")?;
+        if !rest.is_empty() {
+            return Err(bad("bytes after the node name"));
         }
-        let node = strings.pop().unwrap_or_default();
-        let name = strings.pop().unwrap_or_default();
-        let namespace = strings.pop().unwrap_or_default();
         Ok(Self {
-            revision,
-            mac,
+            revision: RevisionId(*revision),
+            mac: *mac,
             namespace,
             name,
             node,
@@ -396,7 +537,7 @@ mod tests {
             .expect("frame after the body stalled")
             .unwrap();
         assert_eq!((kind, len), (REJECT, 4));
-        let p = read_control(&mut rd, len).await.unwrap();
+        let p = read_control(&mut rd, kind, len).await.unwrap();
         assert_eq!(parse_u32(&p).unwrap(), 7);
         writer.abort();
     }

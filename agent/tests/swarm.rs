@@ -340,3 +340,331 @@ async fn reapplying_moves_nothing_and_a_new_revision_moves_only_what_changed() {
         "origin {origin_now}"
     );
 }
+
+/// Applies `a` on `agent`, returning the refusal instead of panicking.
+async fn try_apply(
+    agent: &AgentProc,
+    a: &pb::Assignment,
+) -> Result<pb::ApplyAssignmentResponse, tonic::Status> {
+    agent
+        .client()
+        .await
+        .apply_assignment(a.clone())
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Polls `agent`'s progress until `done` holds; panics with the progress
+/// and the agent's log after `timeout`.
+async fn wait_progress(
+    agent: &AgentProc,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&pb::DatasetProgress) -> bool,
+) -> pb::DatasetProgress {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let p = progress(agent).await;
+        if let Some(p) = p.as_ref().filter(|p| done(p)) {
+            return p.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: not {what} after {timeout:?}: {p:#?}\n{}",
+            agent.name,
+            agent.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn failed(p: &pb::DatasetProgress) -> bool {
+    p.state == pb::DatasetState::Failed as i32
+}
+
+/// Issue 18, defect 4: a fetcher that refused its assignment (its store
+/// cannot lay the revision out, as when its disk is too small) or failed
+/// it half-way serves nothing. The other nodes read its chunks from the
+/// origin once it has been unreachable for the fallback delay (3 s here),
+/// instead of waiting for it forever one chunk short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetchers_that_refused_or_failed_their_assignment_are_replaced_by_the_origin() {
+    let tmp = workdir();
+    let src = tmp.path().join("origin");
+    generate(&src, &[8 * MIB; 6], 0, 41);
+    let expected = tree(&src);
+    let http = HttpOrigin::start(&src).await;
+    let origin = http_origin(&http.url);
+    let agents = spawn_agents(&tmp.path().join("nodes"), 4);
+    // node-0, node-1 and node-2 fetch 16 chunks each (two files); node-3
+    // fetches nothing.
+    let a = plan(&agents, 3, list(&origin).await, MIB, origin, 1).await;
+    let short = &a.revision[..16];
+    // node-0 cannot make its staging tree: it refuses the assignment.
+    let staging = |i: usize| agents[i].root.join("staging/ml/weights").join(short);
+    std::fs::create_dir_all(staging(0).parent().unwrap()).unwrap();
+    std::fs::write(staging(0), b"in the way").unwrap();
+    // node-1 cannot write the second file of its range: it fails half-way.
+    let blocked = staging(1).join("model-00003.safetensors");
+    std::fs::create_dir_all(&blocked).unwrap();
+
+    let started = std::time::Instant::now();
+    let refused = try_apply(&agents[0], &a)
+        .await
+        .expect_err("node-0 accepted");
+    assert!(
+        refused.message().contains("File exists"),
+        "{}",
+        refused.message()
+    );
+    for agent in &agents[1..] {
+        try_apply(agent, &a).await.unwrap();
+    }
+    // Nobody has the first chunks of node-0's range, nor the last ones of
+    // node-1's, but the origin.
+    wait_ready(&agents[2..], &a.revision, Duration::from_secs(60)).await;
+    let took = started.elapsed();
+    println!("the others were ready {took:?} after the assignment");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    for agent in &agents[2..] {
+        assert_same_tree(&expected, &agent.dataset_dir("ml", "weights"));
+    }
+    let p = wait_progress(&agents[1], Duration::from_secs(30), "failed", failed).await;
+    let error = p.error.unwrap();
+    assert_eq!(error.reason, "StorageError");
+    assert!(
+        error.message.contains(&blocked.display().to_string()),
+        "{}",
+        error.message
+    );
+}
+
+/// Unmounts a filesystem mounted for a test when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    /// A tmpfs of `bytes` at `dir`, or `None` where this process may not
+    /// mount (not root).
+    fn tmpfs(dir: &std::path::Path, bytes: u64) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(dir.to_owned()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(dir).unwrap();
+    s.blocks_available() as u64 * s.fragment_size() as u64
+}
+
+/// Issue 18, defect 12: a node whose disk fills while it receives chunks
+/// from its peers fails with InsufficientStorage, naming the path and the
+/// bytes it could not write, instead of retrying its sessions silently
+/// for ever; the others complete; what it verified stays, and a retry
+/// once there is room again resumes from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_during_the_seed_fails_with_insufficient_storage_and_resumes() {
+    let tmp = workdir();
+    let src = tmp.path().join("origin");
+    let total = generate(&src, &[8 * MIB; 6], 0, 42);
+    let expected = tree(&src);
+    let http = HttpOrigin::start(&src).await;
+    let origin = http_origin(&http.url);
+    let base = tmp.path().join("nodes");
+    let Some(_disk) = Mount::tmpfs(&base.join("node-2"), 64 * MIB) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let agents = spawn_agents(&base, 3);
+    // node-2 only receives from its peers.
+    let mut a = plan(&agents, 2, list(&origin).await, MIB, origin, 1).await;
+    a.limits = Some(pb::Limits {
+        origin_bytes_per_second: 12 * MIB,
+        ..Default::default()
+    });
+    apply_all(&agents, &a).await;
+    // Something else takes the disk: 4 MiB stay free for the 48.
+    let ballast = agents[2].root.join("ballast");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&ballast).unwrap();
+        let block = vec![0u8; MIB as usize];
+        // The agent writes meanwhile: a full disk ends it too.
+        while free_bytes(&agents[2].root) > 5 * MIB && f.write_all(&block).is_ok() {}
+    }
+
+    let p = wait_progress(&agents[2], Duration::from_secs(30), "failed", failed).await;
+    let error = p.error.clone().unwrap();
+    assert_eq!(error.reason, "InsufficientStorage", "{error:?}");
+    // The chunk's file, or the chunk log if that filled the disk first.
+    assert!(
+        error
+            .message
+            .contains(&agents[2].root.display().to_string())
+            && error.message.contains("No space left on device")
+            && error.message.contains("writing"),
+        "{}",
+        error.message
+    );
+    let log = std::fs::read_to_string(tmp.path().join("nodes/node-2.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("No space left on device")),
+        "no warning in the log:\n{}",
+        agents[2].log_tail()
+    );
+    wait_ready(&agents[..2], &a.revision, Duration::from_secs(60)).await;
+    for agent in &agents[..2] {
+        assert_same_tree(&expected, &agent.dataset_dir("ml", "weights"));
+    }
+    assert!(!agents[2].dataset_dir("ml", "weights").exists());
+
+    // Room again; the operator sends the assignment again.
+    std::fs::remove_file(&ballast).unwrap();
+    a.plan_generation = 2;
+    apply_all(&agents, &a).await;
+    let done = wait_ready(&agents, &a.revision, Duration::from_secs(60)).await;
+    assert_same_tree(&expected, &agents[2].dataset_dir("ml", "weights"));
+    let retry = &done[2];
+    let moved = retry.bytes_from_origin + retry.bytes_from_peers;
+    println!(
+        "verified {} bytes before the disk filled; the retry moved {moved} of {total}",
+        p.bytes_verified
+    );
+    assert!(p.bytes_verified > 0);
+    assert_eq!(retry.bytes_verified, total);
+    assert!(
+        moved <= total - p.bytes_verified,
+        "the retry moved {moved} bytes, {} were verified before",
+        p.bytes_verified
+    );
+}
+
+/// Issue 18, defect 6: while the origin is down, every node that needs it
+/// says so in its progress within 15 s (reason and last error), the seed
+/// goes on where it stopped once the origin is back, and the error is
+/// cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_outage_is_reported_in_progress_and_the_seed_resumes_when_it_ends() {
+    let tmp = workdir();
+    let src = tmp.path().join("origin");
+    let total = generate(&src, &[8 * MIB; 8], 0, 43);
+    let expected = tree(&src);
+    let http = HttpOrigin::start(&src).await;
+    let origin = http_origin(&http.url);
+    let agents = spawn_agents(&tmp.path().join("nodes"), 2);
+    let mut a = plan(&agents, 2, list(&origin).await, MIB, origin, 1).await;
+    a.limits = Some(pb::Limits {
+        origin_bytes_per_second: 4 * MIB,
+        ..Default::default()
+    });
+    apply_all(&agents, &a).await;
+    wait_progress(&agents[0], Duration::from_secs(30), "a quarter done", |p| {
+        p.chunks_verified * 4 >= p.chunks_total
+    })
+    .await;
+    http.set_down(true);
+    let down = std::time::Instant::now();
+    for agent in &agents {
+        let p = wait_progress(agent, Duration::from_secs(15), "showing the outage", |p| {
+            p.origin_error.is_some()
+        })
+        .await;
+        let error = p.origin_error.unwrap();
+        assert_eq!(error.reason, "SourceUnavailable", "{error:?}");
+        assert!(error.message.contains("503"), "{}", error.message);
+        assert!(p.origin_error_seconds >= 10, "{}", p.origin_error_seconds);
+        assert_eq!(p.state, pb::DatasetState::Transferring as i32);
+    }
+    println!(
+        "both agents reported the outage {:?} after it began",
+        down.elapsed()
+    );
+    http.set_down(false);
+    for agent in &agents {
+        wait_progress(agent, Duration::from_secs(30), "clear of the outage", |p| {
+            p.origin_error.is_none()
+        })
+        .await;
+    }
+    let done = wait_ready(&agents, &a.revision, Duration::from_secs(120)).await;
+    for agent in &agents {
+        assert_same_tree(&expected, &agent.dataset_dir("ml", "weights"));
+        let metrics = agent.metrics().await;
+        assert!(
+            metrics.contains("swarmseed_agent_origin_outages_total 1"),
+            "{metrics}"
+        );
+    }
+    // Nothing started again from zero: each node got each byte once.
+    assert_eq!(moved(&done), 2 * total);
+    assert!(http.served() <= total + 2 * MIB, "{}", http.served());
+}
+
+/// Issue 18, defect 10: a seed cut short by SourceChanged (a file
+/// rewritten at the origin after the listing) keeps what it verified: the
+/// relisted revision reads from the origin only what changed, not the whole
+/// dataset again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_that_failed_with_source_changed_hands_its_chunks_to_the_relisted_one() {
+    let tmp = workdir();
+    let src = tmp.path().join("origin");
+    let total = generate(&src, &[4 * MIB; 8], 0, 44);
+    let http = HttpOrigin::start(&src).await;
+    let origin = http_origin(&http.url);
+    let agents = spawn_agents(&tmp.path().join("nodes"), 3);
+    let a = plan(&agents, 3, list(&origin).await, MIB, origin.clone(), 1).await;
+    // Rewritten after the listing, before anyone read it: node-1's range
+    // is chunks 10 to 20, this file 12 to 15.
+    let changed = src.join("model-00003.safetensors");
+    write_random(&changed, 4 * MIB, 4403);
+    let expected = tree(&src);
+    apply_all(&agents, &a).await;
+    // node-1 fails at once; the others read their ranges, help with
+    // node-1's, and fail when they fall back to the origin for the
+    // changed file.
+    let mut before = Vec::new();
+    for agent in &agents {
+        let p = wait_progress(agent, Duration::from_secs(30), "failed", failed).await;
+        assert_eq!(p.error.as_ref().unwrap().reason, "SourceChanged", "{p:?}");
+        before.push(p);
+    }
+    let served_first = http.served();
+
+    // The operator lists again and sends the new revision.
+    let b = plan(&agents, 3, list(&origin).await, MIB, origin, 2).await;
+    assert_ne!(a.revision, b.revision);
+    apply_all(&agents, &b).await;
+    let done = wait_ready(&agents, &b.revision, Duration::from_secs(120)).await;
+    for agent in &agents {
+        assert_same_tree(&expected, &agent.dataset_dir("ml", "weights"));
+    }
+    let verified: Vec<u64> = before.iter().map(|p| p.bytes_verified).collect();
+    let reused: Vec<u64> = done.iter().map(|p| p.bytes_reused).collect();
+    let from_origin: Vec<u64> = done.iter().map(|p| p.bytes_from_origin).collect();
+    println!(
+        "origin served {} bytes for {total}, {served_first} before the relisting; verified then {verified:?}, reused {reused:?}, read from the origin after {from_origin:?}",
+        http.served()
+    );
+    assert_eq!(reused, verified, "what was verified is kept");
+    // The second revision reads the changed file, and at most a chunk
+    // per fetcher that a peer held but had not announced yet.
+    let second = http.served() - served_first;
+    assert!(
+        second <= 4 * MIB + 3 * MIB,
+        "the relisted revision read {second} bytes from the origin"
+    );
+}

@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use swarmseed_proto::pb::agent_control_client::AgentControlClient;
+use swarmseed_proto::ChunkLayout;
+use swarmseed_proto::pb::{self, agent_control_client::AgentControlClient};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -49,4 +50,37 @@ pub async fn connect(addr: SocketAddr, bearer: &Bearer, timeout: Duration) -> Re
         channel,
         bearer.clone(),
     ))
+}
+
+/// An assignment of `layout` in which `seeder` reads every chunk from
+/// `origin` and is the only peer: given to the seeder, it fetches the
+/// dataset; given to another agent, that agent pulls all of it from the
+/// seeder. One transfer between two agents without the operator, as the
+/// peer benchmark and the fault tests set it up.
+pub fn one_seeder_assignment(
+    dataset: pb::DatasetRef,
+    origin: pb::Origin,
+    layout: &ChunkLayout,
+    seeder: pb::Peer,
+    seeder_key: Vec<u8>,
+) -> pb::Assignment {
+    pb::Assignment {
+        dataset: Some(dataset),
+        revision: layout.revision().to_hex(),
+        chunk_size: layout.chunk_size(),
+        files: layout.files().to_vec(),
+        origin: Some(origin),
+        fetchers: vec![pb::OriginFetcher {
+            node_name: seeder.node_name.clone(),
+            public_key: seeder_key,
+            ranges: vec![pb::ChunkRange {
+                start: 0,
+                end: layout.chunk_count(),
+            }],
+        }],
+        peers: vec![seeder],
+        peer_token: vec![9; 32],
+        plan_generation: 1,
+        ..Default::default()
+    }
 }

@@ -9,6 +9,8 @@
 //!   tree comparison.
 //! - [`agent_api`]: the agents' control API, called with the control token.
 //! - [`netbench`]: TCP throughput between nodes.
+//! - [`hostile_peer`]: clients of an agent's peer port that never
+//!   authenticate (`e2e hostile-peer`).
 //! - [`scalebench`]: the operator against the API stand-in and hundreds
 //!   of simulated agents (`e2e bench-scale`).
 //!
@@ -23,6 +25,7 @@ pub mod demo;
 pub mod disk;
 pub mod error;
 pub mod faults;
+pub mod hostile_peer;
 pub mod kube_objects;
 pub mod naming;
 pub mod netbench;

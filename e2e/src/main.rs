@@ -41,6 +41,10 @@ enum Command {
     TcpProxy(TcpProxyArgs),
     /// Measure TCP throughput between two places.
     Netbench(NetbenchArgs),
+    /// Clients of an agent's peer port that never authenticate: slow,
+    /// half-open, oversized or a flood, bounded in time and count; prints
+    /// what the agent did with them as JSON.
+    HostilePeer(swarmseed_e2e::hostile_peer::HostilePeerArgs),
     /// A stand-in for the agent with the same flags: opens its ports and
     /// answers /livez, /readyz and /metrics.
     StubAgent(stub_agent::StubAgentArgs),
@@ -236,6 +240,10 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             }
         },
+        Command::HostilePeer(args) => {
+            let report = swarmseed_e2e::hostile_peer::run(args).await?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
         Command::StubAgent(args) => stub_agent::run(args).await?,
         Command::PeerBench(args) => {
             let json = args.json;

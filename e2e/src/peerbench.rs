@@ -134,7 +134,7 @@ pub async fn run(args: PeerBenchArgs) -> anyhow::Result<PeerBenchReport> {
         .list(&[], &[])
         .await?
         .files;
-    let layout = swarmseed_proto::ChunkLayout::new(files.clone(), chunk_size)?;
+    let layout = swarmseed_proto::ChunkLayout::new(files, chunk_size)?;
 
     let token_file = work.join("control-token");
     std::fs::write(&token_file, TOKEN)?;
@@ -142,33 +142,20 @@ pub async fn run(args: PeerBenchArgs) -> anyhow::Result<PeerBenchReport> {
     let mut leecher = BenchAgent::spawn(&agent_bin, &work, "leecher", &token_file)?;
     let seeder_key = seeder.status().await?.public_key;
 
-    let all = pb::OriginFetcher {
-        node_name: "seeder".into(),
-        public_key: seeder_key,
-        ranges: vec![pb::ChunkRange {
-            start: 0,
-            end: layout.chunk_count(),
-        }],
-    };
-    let assignment = pb::Assignment {
-        dataset: Some(pb::DatasetRef {
+    let assignment = agent_api::one_seeder_assignment(
+        pb::DatasetRef {
             namespace: "bench".into(),
             name: "weights".into(),
             uid: String::new(),
-        }),
-        revision: layout.revision().to_hex(),
-        chunk_size,
-        files,
-        origin: Some(origin_pb),
-        fetchers: vec![all],
-        peers: vec![pb::Peer {
+        },
+        origin_pb,
+        &layout,
+        pb::Peer {
             node_name: "seeder".into(),
             address: seeder.peer_address(),
-        }],
-        peer_token: vec![9; 32],
-        plan_generation: 1,
-        ..Default::default()
-    };
+        },
+        seeder_key,
+    );
     eprintln!("seeding the seeder from the origin ...");
     seeder
         .client()

@@ -179,6 +179,29 @@ impl SeedCluster {
         Ok(obj.map(|o| serde_json::to_value(o).unwrap_or_default()))
     }
 
+    /// The status of the Dataset `ns/name` (`Null` while it has none or
+    /// once it is gone).
+    pub async fn dataset_status(&self, ns: &str, name: &str) -> Result<serde_json::Value> {
+        Ok(self
+            .dataset(ns, name)
+            .await?
+            .and_then(|d| d.get("status").cloned())
+            .unwrap_or_default())
+    }
+
+    /// One line per Event (`events.k8s.io`) in `ns`: `fields`, a kubectl
+    /// jsonpath template of the item (`{.regarding.name} {.reason}`).
+    pub async fn events(&self, ns: &str, fields: &str) -> Result<Vec<String>> {
+        let template = format!("jsonpath={{range .items[*]}}{fields}{{\"\\n\"}}{{end}}");
+        let out = self
+            .kubectl(&["get", "events.events.k8s.io", "-n", ns, "-o", &template])
+            .await?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// The node's published directory of `ns/name`.
     pub fn published_dir(&self, node: &str, ns: &str, name: &str) -> Option<PathBuf> {
         let n = self.cluster.node(node)?;
@@ -296,6 +319,14 @@ pub async fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> Result<Ou
         .await
         .map_err(|_| Error::Invalid(format!("kubectl {} timed out", args.join(" "))))?
         .map_err(|e| Error::io("wait for kubectl", "kubectl", e))
+}
+
+/// The condition of `type_` in a Dataset's `status`.
+pub fn condition<'a>(status: &'a serde_json::Value, type_: &str) -> Option<&'a serde_json::Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
 }
 
 /// A Dataset manifest.

@@ -352,6 +352,9 @@ async fn default_values_lint_and_render_a_least_privilege_install() {
     assert_eq!(env(agent, "SWARMSEED_CONTROL_LISTEN"), "0.0.0.0:7400");
     assert_eq!(env(agent, "SWARMSEED_PEER_LISTEN"), "0.0.0.0:7401");
     assert_eq!(env(agent, "SWARMSEED_ADMIN_LISTEN"), "0.0.0.0:7402");
+    assert_eq!(env(agent, "SWARMSEED_PEER_HANDSHAKE_TIMEOUT"), "5s");
+    assert_eq!(env(agent, "SWARMSEED_PEER_MAX_HANDSHAKES"), "256");
+    assert_eq!(env(agent, "SWARMSEED_PEER_MAX_HANDSHAKES_PER_SOURCE"), "16");
     assert_eq!(
         (
             port(agent, "control"),

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use swarmseed_e2e::origin::dataset::{DatasetSpec, generate_dataset, tree_digest};
-use swarmseed_e2e::seeding::{Binaries, SeedCluster, dataset_yaml};
+use swarmseed_e2e::seeding::{Binaries, SeedCluster, condition, dataset_yaml};
 use swarmseed_e2e::{ClusterSpec, NodeSpec};
 
 const MIB: u64 = 1 << 20;
@@ -67,18 +67,7 @@ fn model_like(seed: u64) -> DatasetSpec {
 }
 
 async fn status(c: &SeedCluster, name: &str) -> Value {
-    c.dataset(NS, name)
-        .await
-        .unwrap()
-        .and_then(|d| d.get("status").cloned())
-        .unwrap_or(Value::Null)
-}
-
-fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
-    status["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
+    c.dataset_status(NS, name).await.unwrap()
 }
 
 /// Waits for `condition=Ready` with kubectl, as a user would; on failure
@@ -576,20 +565,11 @@ async fn a_killed_operator_is_replaced_and_nothing_is_transferred_twice() {
     assert_ne!(new_holder, holder);
     // Every Event came from whoever held the lease at the time: the
     // standby never acted while the first leader led.
-    let events = c
-        .kubectl(&[
-            "get",
-            "events.events.k8s.io",
-            "-n",
-            NS,
-            "-o",
-            "jsonpath={range .items[*]}{.reportingInstance}{\"\\n\"}{end}",
-        ])
+    let reporters: BTreeSet<String> = c
+        .events(NS, "{.reportingInstance}")
         .await
-        .unwrap();
-    let reporters: BTreeSet<String> = String::from_utf8_lossy(&events.stdout)
-        .lines()
-        .map(str::to_owned)
+        .unwrap()
+        .into_iter()
         .collect();
     assert!(reporters.contains(&holder), "{reporters:?}");
     assert!(

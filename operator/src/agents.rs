@@ -82,6 +82,33 @@ pub struct AgentPod {
     pub pod_ip: String,
     /// Running, Ready, not being deleted, with an IP.
     pub ready: bool,
+    /// The Pod's phase is `Running`: its agent may be up (and hold data)
+    /// even when it is not Ready or cannot be reached, e.g. on a node cut
+    /// off from the network. A Pod that is not running starts its agent
+    /// afresh, and a fresh agent drops what it holds of deleted Datasets
+    /// at its first `SyncDatasets`.
+    pub running: bool,
+    /// Identifies one run of the agent process: the Pod's uid and its
+    /// containers' restart count. A new value is a new process, one that
+    /// resumed from its disk and has not been told which Datasets exist.
+    pub incarnation: String,
+}
+
+fn pod_running(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+fn incarnation(pod: &Pod) -> String {
+    let restarts: i64 = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| i64::from(c.restart_count)).sum())
+        .unwrap_or(0);
+    format!(
+        "{}/{restarts}",
+        pod.metadata.uid.as_deref().unwrap_or_default()
+    )
 }
 
 fn pod_ready(pod: &Pod) -> bool {
@@ -115,6 +142,8 @@ pub fn agent_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeMap<Strin
                 .and_then(|s| s.pod_ip.clone())
                 .unwrap_or_default(),
             ready: pod_ready(pod),
+            running: pod_running(pod),
+            incarnation: incarnation(pod),
         };
         let created = pod.metadata.creation_timestamp.as_ref().map(|t| &t.0);
         let better = match out.get(&node) {
@@ -243,6 +272,19 @@ impl AgentClient {
     ) -> Result<pb::ApplyAssignmentResponse, AgentError> {
         let mut c = self.inner.clone();
         self.bounded(c.apply_assignment(assignment)).await
+    }
+
+    /// Tells the agent which Datasets exist; it drops what it resumed
+    /// from its disk of any other. Returns what it removed.
+    pub async fn sync(
+        &self,
+        datasets: Vec<pb::DatasetRef>,
+    ) -> Result<Vec<pb::DatasetRef>, AgentError> {
+        let mut c = self.inner.clone();
+        let r = self
+            .bounded(c.sync_datasets(pb::SyncDatasetsRequest { datasets }))
+            .await?;
+        Ok(r.removed)
     }
 
     /// Removes the dataset from the node; false when it held nothing.

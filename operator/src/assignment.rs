@@ -65,6 +65,8 @@ pub fn peer_token(secret: &[u8], namespace: &str, name: &str, revision: &str) ->
 pub struct AssignmentInput<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
+    /// The Dataset's metadata.uid.
+    pub uid: &'a str,
     pub layout: &'a ChunkLayout,
     pub origin: &'a pb::Origin,
     pub spec: &'a ValidSpec,
@@ -78,7 +80,7 @@ pub fn assignment(input: &AssignmentInput<'_>, node: &str) -> pb::Assignment {
         dataset: Some(pb::DatasetRef {
             namespace: input.namespace.to_owned(),
             name: input.name.to_owned(),
-            uid: String::new(),
+            uid: input.uid.to_owned(),
         }),
         revision: input.layout.revision().to_hex(),
         chunk_size: input.layout.chunk_size(),
@@ -175,6 +177,7 @@ mod tests {
         let p = plan(&PlanInput {
             layout: &layout,
             agents: &agents,
+            no_fetch: &Default::default(),
             previous: None,
             max_fetchers: 2,
             max_peers: DEFAULT_MAX_PEERS,
@@ -192,6 +195,7 @@ mod tests {
         let input = AssignmentInput {
             namespace: "ml",
             name: "llama",
+            uid: "6c1f0e5e-0000-4000-8000-000000000001",
             layout: &layout,
             origin: &o,
             spec: &spec,
@@ -200,6 +204,11 @@ mod tests {
         };
         let a0 = assignment(&input, "n0");
         let a1 = assignment(&input, "n1");
+        assert_eq!(
+            a0.dataset.as_ref().unwrap().uid,
+            input.uid,
+            "the agent checks it"
+        );
         assert_eq!(a0.revision, layout.revision().to_hex());
         assert_eq!(a0.pinned_digest, vec![1; 32]);
         assert_eq!(a0.fetchers.len(), 2);

@@ -14,13 +14,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::controller::Config as ControllerConfig;
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Error as FinalizerError, Event, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
@@ -33,6 +32,7 @@ use crate::admin::Metrics;
 use crate::agents::{AGENT_SELECTOR, AgentClient, AgentError, AgentPod, ControlToken, agent_pods};
 use crate::assignment::{self, AssignmentInput};
 use crate::crd::{Dataset, DatasetStatus};
+use crate::events::{EventPublisher, EventType};
 use crate::node_label;
 use crate::plan::{self, AgentInfo, Plan, PlanInput};
 use crate::selector;
@@ -64,6 +64,8 @@ pub enum Error {
     NoNamespace,
     #[error("the Node and agent Pod caches are not filled yet")]
     NotStarted,
+    #[error("deletion waits for {0} node(s) that may hold data")]
+    DeletionBlocked(usize),
 }
 
 impl Error {
@@ -84,6 +86,7 @@ impl Error {
             },
             Self::NoNamespace => "no_namespace",
             Self::NotStarted => "not_started",
+            Self::DeletionBlocked(_) => "deletion_blocked",
         }
     }
 }
@@ -123,6 +126,12 @@ struct Memo {
     /// once since this process started (what it sent before a restart is
     /// unknown).
     swept: bool,
+    /// Nodes that failed or refused the listed revision: never made its
+    /// fetchers again (a node out of disk space would otherwise be given
+    /// the role back at every retry, and the plan would never settle).
+    failed_fetchers: BTreeSet<String>,
+    /// The revision `failed_fetchers` is about.
+    failed_revision: String,
 }
 
 /// Annotation whose every new value makes the operator list the source
@@ -159,7 +168,7 @@ pub struct Context {
     caches: OnceLock<Caches>,
     /// One control connection per agent address, reused across runs.
     clients: Mutex<HashMap<String, AgentClient>>,
-    recorder: Recorder,
+    events: EventPublisher,
     metrics: Metrics,
 }
 
@@ -170,12 +179,8 @@ impl Context {
         token: ControlToken,
         peer_secret: Vec<u8>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: EventPublisher::new(client.clone(), MANAGER, std::env::var("POD_NAME").ok()),
             client,
             settings,
             token,
@@ -231,16 +236,9 @@ impl Context {
             .retain(|ip, _| live.contains(ip.as_str()));
     }
 
-    /// Publishes an Event on `ds`; failures are logged, never fatal.
-    async fn event(&self, ds: &Dataset, type_: EventType, reason: &str, note: String) {
-        let ev = KubeEvent {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &ds.object_ref(&())).await {
+    /// Publishes an Event on a Dataset; failures are logged, never fatal.
+    async fn event(&self, regarding: &ObjectReference, type_: EventType, reason: &str, note: &str) {
+        if let Err(e) = self.events.publish(regarding, type_, reason, note).await {
             tracing::warn!(error = %e, reason, "publishing an event failed");
         }
     }
@@ -328,10 +326,21 @@ where
     (reader, tokio::spawn(feed))
 }
 
+/// The Dataset API as dynamic objects. The controller's watch decodes no
+/// Dataset; [`reconcile`] decodes each on its own. One that the API server
+/// accepted but the Rust types cannot hold (once: `origin.bandwidth:
+/// 3000000000` in a 32-bit field) is then reported on that object, where
+/// with a typed watch it failed the list of every Dataset and a restarted
+/// operator reconciled none.
+fn dataset_resource() -> ApiResource {
+    ApiResource::erase::<Dataset>(&())
+}
+
 /// Runs the controller until SIGTERM/ctrl-c.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    let datasets: Api<Dataset> = Api::all(client.clone());
+    let resource = dataset_resource();
+    let datasets: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ctx.settings.agent_namespace);
     let nodes: Api<Node> = Api::all(client.clone());
     let agents = watcher::Config::default().labels(AGENT_SELECTOR);
@@ -369,10 +378,12 @@ pub async fn run(ctx: Arc<Context>) {
     {
         tracing::warn!("the controller was started twice on one context");
     }
-    Controller::new(datasets, watcher::Config::default())
+    let controller = Controller::new_with(datasets, watcher::Config::default(), resource)
         .with_config(ControllerConfig::default().concurrency(CONCURRENT_RECONCILES))
         .reconcile_all_on(woken)
-        .shutdown_on_signal()
+        .shutdown_on_signal();
+    let sync = tokio::spawn(sync_agents(ctx.clone()));
+    controller
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
@@ -380,8 +391,102 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+    sync.abort();
     node_feed.abort();
     pod_feed.abort();
+}
+
+/// How often agents are checked for one not told yet which Datasets exist.
+const SYNC_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Tells every agent process, once, which Datasets exist (`SyncDatasets`):
+/// each agent found ready for the first time by this operator, and each
+/// that restarted since. An agent drops what it resumed from its disk of
+/// Datasets deleted while it was away (their finalizer could not wait for
+/// an agent that was not running), so a deleted Dataset never comes back.
+/// The Datasets are listed (metadata only) when an agent is due: a fresh
+/// list, never a cache that might not hold one yet.
+async fn sync_agents(ctx: Arc<Context>) {
+    let datasets: Api<Dataset> = Api::all(ctx.client.clone());
+    // Node → the agent incarnation told last.
+    let mut told: HashMap<String, String> = HashMap::new();
+    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok((_, pods)) = ctx.cached() else {
+            continue;
+        };
+        let agents = agent_pods(pods.iter().map(|p| &**p));
+        told.retain(|node, _| agents.contains_key(node));
+        let due: Vec<&AgentPod> = agents
+            .values()
+            .filter(|p| p.ready && told.get(&p.node_name) != Some(&p.incarnation))
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        let list = kube_call(
+            "list datasets",
+            datasets.list_metadata(&kube::api::ListParams::default()),
+        )
+        .await;
+        let existing: Arc<Vec<pb::DatasetRef>> = match list {
+            Ok(list) => Arc::new(
+                list.items
+                    .iter()
+                    .filter_map(|d| {
+                        Some(pb::DatasetRef {
+                            namespace: d.namespace()?,
+                            name: d.name_any(),
+                            uid: d.uid().unwrap_or_default(),
+                        })
+                    })
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing Datasets for the agents (retried)");
+                continue;
+            }
+        };
+        let calls = due.into_iter().map(|pod| {
+            let existing = existing.clone();
+            let ctx = &ctx;
+            async move {
+                // Copied here, so at most the calls in flight hold a copy.
+                let list = (*existing).clone();
+                let r = match ctx.agent(&pod.pod_ip) {
+                    Ok(c) => c.sync(list).await,
+                    Err(e) => Err(e),
+                };
+                ctx.count_call("sync", &r);
+                (pod, r)
+            }
+        });
+        for (pod, result) in in_flight(calls).await {
+            match result {
+                Ok(removed) => {
+                    for d in removed {
+                        tracing::info!(
+                            node = pod.node_name,
+                            namespace = d.namespace,
+                            name = d.name,
+                            "the agent dropped a Dataset deleted while it was away"
+                        );
+                    }
+                    told.insert(pod.node_name.clone(), pod.incarnation.clone());
+                }
+                // An agent from before SyncDatasets: nothing to tell it.
+                Err(AgentError::Call { status, .. })
+                    if status.code() == tonic::Code::Unimplemented =>
+                {
+                    told.insert(pod.node_name.clone(), pod.incarnation.clone());
+                }
+                Err(e) => tracing::warn!(node = pod.node_name, error = %e,
+                    "telling the agent which Datasets exist (retried)"),
+            }
+        }
+    }
 }
 
 /// What of a Node can change which Datasets select it: its labels (other
@@ -402,27 +507,184 @@ fn selection_key(node: &Node) -> u64 {
     h.finish()
 }
 
-fn error_policy(ds: Arc<Dataset>, e: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(ds: Arc<DynamicObject>, e: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(dataset = %ds.name_any(), error = %e, label = e.label(), "reconcile error");
     ctx.metrics.reconciled("error");
     ctx.metrics.reconcile_error(e.label());
     Action::requeue(Duration::from_secs(5))
 }
 
-#[tracing::instrument(skip_all, fields(dataset = %ds.name_any(), namespace = ds.namespace().unwrap_or_default()))]
-async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = ds.namespace().ok_or(Error::NoNamespace)?;
+/// Why a Dataset could not be read: the field and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(String);
+
+/// The Dataset in `obj`, or why it cannot be read (naming the field). A
+/// status that cannot be read (one written by another version of the
+/// operator, say) is dropped, to be written anew; only a spec or metadata
+/// that cannot be read makes the Dataset unusable.
+pub fn decode(obj: &DynamicObject) -> Result<Dataset, DecodeError> {
+    let mut value = serde_json::to_value(obj).map_err(|e| DecodeError(e.to_string()))?;
+    let error = match serde_path_to_error::deserialize(&value) {
+        Ok(ds) => return Ok(ds),
+        Err(e) => {
+            let path = e.path().to_string();
+            if path.is_empty() || path == "." {
+                DecodeError(e.into_inner().to_string())
+            } else {
+                DecodeError(format!("{path}: {}", e.into_inner()))
+            }
+        }
+    };
+    if let Some(o) = value.as_object_mut()
+        && o.remove("status").is_some()
+        && let Ok(ds) = serde_json::from_value::<Dataset>(value)
+    {
+        tracing::info!(dataset = %obj.name_any(), %error, "the stored status cannot be read: it is written anew");
+        return Ok(ds);
+    }
+    Err(error)
+}
+
+#[tracing::instrument(skip_all, fields(dataset = %obj.name_any(), namespace = obj.namespace().unwrap_or_default()))]
+async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let ds = match decode(&obj) {
+        Ok(ds) => Arc::new(ds),
+        Err(e) => {
+            let action = undecodable(&obj, &e, &ctx).await?;
+            ctx.metrics.reconciled("ok");
+            return Ok(action);
+        }
+    };
     let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), &ns);
     let action = finalizer(&api, FINALIZER, ds, |event| async {
         match event {
             Event::Apply(ds) => apply(&ds, &ctx).await,
-            Event::Cleanup(ds) => cleanup(&ds, &ctx).await,
+            Event::Cleanup(ds) => cleanup(&Subject::of(&ds)?, &ctx).await,
         }
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))?;
     ctx.metrics.reconciled("ok");
     Ok(action)
+}
+
+/// A Dataset object as the status writer, the Events and the cleanup see
+/// it, whether or not its spec could be read.
+struct Subject {
+    ns: String,
+    name: String,
+    uid: String,
+    generation: Option<i64>,
+    /// The stored status (`None` also when it cannot be read: it is then
+    /// written anew).
+    status: Option<DatasetStatus>,
+    reference: ObjectReference,
+    key: ObjectRef<Dataset>,
+}
+
+impl Subject {
+    fn of(ds: &Dataset) -> Result<Self, Error> {
+        let ns = ds.namespace().ok_or(Error::NoNamespace)?;
+        Ok(Self {
+            name: ds.name_any(),
+            uid: ds.uid().unwrap_or_default(),
+            generation: ds.metadata.generation,
+            status: ds.status.clone(),
+            reference: ds.object_ref(&()),
+            key: ObjectRef::from_obj(ds),
+            ns,
+        })
+    }
+
+    fn of_raw(obj: &DynamicObject) -> Result<Self, Error> {
+        let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+        let name = obj.name_any();
+        let resource = dataset_resource();
+        Ok(Self {
+            uid: obj.uid().unwrap_or_default(),
+            generation: obj.metadata.generation,
+            status: obj
+                .data
+                .get("status")
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
+            reference: ObjectReference {
+                api_version: Some(resource.api_version),
+                kind: Some(resource.kind),
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                uid: obj.uid(),
+                resource_version: obj.resource_version(),
+                ..Default::default()
+            },
+            key: ObjectRef::new(&name).within(&ns),
+            name,
+            ns,
+        })
+    }
+
+    fn dataset_ref(&self) -> pb::DatasetRef {
+        pb::DatasetRef {
+            namespace: self.ns.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+        }
+    }
+}
+
+/// A Dataset the API server accepted and the operator cannot read: its
+/// status says why (`InvalidSpec`, naming the field) and nothing else is
+/// done with it, while every other Dataset is reconciled as usual. One
+/// being deleted is cleaned up like any other.
+async fn undecodable(
+    obj: &DynamicObject,
+    error: &DecodeError,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let subject = Subject::of_raw(obj)?;
+    tracing::warn!(error = %error, "the Dataset cannot be read");
+    if obj.metadata.deletion_timestamp.is_some() {
+        if obj.finalizers().iter().any(|f| f == FINALIZER) {
+            cleanup(&subject, ctx).await?;
+            remove_finalizer(obj, ctx).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    let problem = DatasetProblem {
+        reason: reason::INVALID_SPEC,
+        message: format!("the operator cannot read this Dataset: {error}"),
+    };
+    let (_, pending) =
+        write_status(&subject, "", ctx, &BTreeMap::new(), None, Some(&problem)).await?;
+    Ok(pending.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Removes [`FINALIZER`] from `obj` (a JSON patch that tests it is still
+/// where it was, as kube-runtime's `finalizer` does).
+async fn remove_finalizer(obj: &DynamicObject, ctx: &Context) -> Result<(), Error> {
+    let Some(i) = obj.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &ns, &dataset_resource());
+    let path = format!("/metadata/finalizers/{i}");
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        { "op": "test", "path": path, "value": FINALIZER },
+        { "op": "remove", "path": path },
+    ]))
+    .map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
+    kube_call(
+        "remove finalizer",
+        api.patch::<()>(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Json(patch),
+        ),
+    )
+    .await?;
+    Ok(())
 }
 
 /// One selected node with its agent (if any) and what it reported.
@@ -432,9 +694,11 @@ struct NodeView {
 }
 
 async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
-    let ns = ds.namespace().ok_or(Error::NoNamespace)?;
-    let name = ds.name_any();
-    let key = ObjectRef::from_obj(ds);
+    let subject = Subject::of(ds)?;
+    let ns = subject.ns.clone();
+    let name = subject.name.clone();
+    let key = subject.key.clone();
+    let selector = selector::describe(&ds.spec);
 
     let spec = match ds.spec.validate() {
         Ok(s) => s,
@@ -443,8 +707,15 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
                 reason: reason::INVALID_SOURCE,
                 message: e.to_string(),
             };
-            let (_, pending) =
-                write_status(ds, ctx, &BTreeMap::new(), None, Some(&problem)).await?;
+            let (_, pending) = write_status(
+                &subject,
+                &selector,
+                ctx,
+                &BTreeMap::new(),
+                None,
+                Some(&problem),
+            )
+            .await?;
             return Ok(pending.map_or_else(Action::await_change, Action::requeue));
         }
     };
@@ -452,8 +723,15 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
     let listed = match list_source(ds, ctx, &key, spec.chunk_size, spec.origin_bandwidth).await? {
         Ok(l) => l,
         Err(problem) => {
-            let (_, pending) =
-                write_status(ds, ctx, &BTreeMap::new(), None, Some(&problem)).await?;
+            let (_, pending) = write_status(
+                &subject,
+                &selector,
+                ctx,
+                &BTreeMap::new(),
+                None,
+                Some(&problem),
+            )
+            .await?;
             return Ok(Action::requeue(pending.unwrap_or(Duration::from_secs(30))));
         }
     };
@@ -482,9 +760,31 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
             }),
         )
     });
+    // Nodes that failed or refused this revision read nothing from the
+    // origin for it: remembered, so that a retry that briefly looks healthy
+    // does not give the role back.
+    let failed_now = views.iter().filter_map(|(node, v)| match &v.report {
+        NodeReport::Refused { .. } => Some(node.clone()),
+        NodeReport::Progress(Some(p))
+            if p.revision == revision && p.state() == pb::DatasetState::Failed =>
+        {
+            Some(node.clone())
+        }
+        _ => None,
+    });
+    let failed_now: Vec<String> = failed_now.collect();
+    let no_fetch = ctx.memo(&key, |m| {
+        if m.failed_revision != revision {
+            m.failed_revision.clone_from(&revision);
+            m.failed_fetchers.clear();
+        }
+        m.failed_fetchers.extend(failed_now);
+        m.failed_fetchers.clone()
+    });
     let plan = plan::plan(&PlanInput {
         layout,
         agents: &agents,
+        no_fetch: &no_fetch,
         previous: previous.as_ref(),
         max_fetchers: spec.max_fetchers,
         max_peers: ctx.settings.max_peers,
@@ -494,6 +794,7 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
         let input = AssignmentInput {
             namespace: &ns,
             name: &name,
+            uid: &subject.uid,
             layout,
             origin: &listed.origin,
             spec: &spec,
@@ -570,7 +871,8 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
         .map(|(n, _)| n)
         .collect();
     sync_labels(ctx, &label, &labelled, &ready_nodes).await?;
-    let (status, pending) = write_status(ds, ctx, &reports, Some(&info), None).await?;
+    let (status, pending) =
+        write_status(&subject, &selector, ctx, &reports, Some(&info), None).await?;
     let done = status.nodes.desired > 0 && status.nodes.ready == status.nodes.desired;
     let next = if done {
         Duration::from_secs(60)
@@ -639,10 +941,10 @@ async fn release_deselected(
         match result {
             Ok(true) => {
                 ctx.event(
-                    ds,
+                    &ds.object_ref(&()),
                     EventType::Normal,
                     "Removed",
-                    format!("node {node} no longer matches: its copy was removed"),
+                    &format!("node {node} no longer matches: its copy was removed"),
                 )
                 .await;
             }
@@ -757,7 +1059,13 @@ async fn list_source(
         listed.layout.chunk_count(),
         listed.layout.revision(),
     );
-    ctx.event(ds, EventType::Normal, "SourceListed", note).await;
+    ctx.event(
+        &ds.object_ref(&()),
+        EventType::Normal,
+        "SourceListed",
+        &note,
+    )
+    .await;
     Ok(Ok(listed))
 }
 
@@ -901,91 +1209,126 @@ async fn sync_labels(
 /// `MIN_WRITE_INTERVAL`. The `Duration` says when a rate-limited write is
 /// due (the caller requeues then).
 async fn write_status(
-    ds: &Dataset,
+    subject: &Subject,
+    selector: &str,
     ctx: &Context,
     reports: &BTreeMap<String, NodeReport>,
     revision: Option<&RevisionInfo>,
     problem: Option<&DatasetProblem>,
 ) -> Result<(DatasetStatus, Option<Duration>), Error> {
-    let ns = ds.namespace().ok_or(Error::NoNamespace)?;
-    let name = ds.name_any();
-    let selector = selector::describe(&ds.spec);
     let new = status::compute(&StatusInput {
-        namespace: &ns,
-        name: &name,
-        selector: &selector,
-        generation: ds.metadata.generation,
+        namespace: &subject.ns,
+        name: &subject.name,
+        selector,
+        generation: subject.generation,
         nodes: reports,
         revision,
         problem,
-        previous: ds.status.as_ref(),
+        previous: subject.status.as_ref(),
         now: Time(Timestamp::now()),
     });
-    if !status::needs_write(ds.status.as_ref(), &new) {
-        return Ok((new, None));
+    let pending = store_status(subject, ctx, &new).await?;
+    Ok((new, pending))
+}
+
+/// Writes `new` as the status of `subject` unless that is what it holds,
+/// at most once per `MIN_WRITE_INTERVAL` (`Some(delay)`: rate limited, due
+/// after `delay`), and publishes the Events the change deserves.
+async fn store_status(
+    subject: &Subject,
+    ctx: &Context,
+    new: &DatasetStatus,
+) -> Result<Option<Duration>, Error> {
+    if !status::needs_write(subject.status.as_ref(), new) {
+        return Ok(None);
     }
-    let key = ObjectRef::from_obj(ds);
-    let last = ctx.memo(&key, |m| m.last_status_write);
+    let last = ctx.memo(&subject.key, |m| m.last_status_write);
     let delay = status::write_delay(last, Instant::now());
     if !delay.is_zero() {
-        // Rate limited: the caller requeues after `delay` to write it.
-        return Ok((new, Some(delay)));
+        return Ok(Some(delay));
     }
-    let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), &ns);
+    // Dynamic: the response is the whole object, which need not decode.
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &subject.ns, &dataset_resource());
     let patch = serde_json::json!({ "apiVersion": "swarmseed.io/v1alpha1", "kind": "Dataset", "status": new });
     let pp = PatchParams::apply(MANAGER).force();
     kube_call(
         "write status",
-        api.patch_status(&name, &pp, &Patch::Apply(&patch)),
+        api.patch_status(&subject.name, &pp, &Patch::Apply(&patch)),
     )
     .await?;
-    ctx.memo(&key, |m| m.last_status_write = Some(Instant::now()));
+    ctx.memo(&subject.key, |m| m.last_status_write = Some(Instant::now()));
     ctx.metrics.status_written();
-    for (warning, reason, note) in status::milestones(ds.status.as_ref(), &new) {
+    for (warning, reason, note) in status::milestones(subject.status.as_ref(), new) {
         let type_ = if warning {
             EventType::Warning
         } else {
             EventType::Normal
         };
-        ctx.event(ds, type_, &reason, note).await;
+        ctx.event(&subject.reference, type_, &reason, &note).await;
     }
-    Ok((new, None))
+    Ok(None)
 }
 
-/// Removes the dataset from every agent and its label from every node.
-/// An agent that cannot be reached keeps the finalizer (retried), unless
-/// its Pod is gone (nothing left to ask).
-async fn cleanup(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
-    let ns = ds.namespace().ok_or(Error::NoNamespace)?;
-    let name = ds.name_any();
+/// Removes the dataset from every agent and its label from every node,
+/// before the Dataset goes.
+///
+/// Every agent that may hold data is asked, Ready or not: an agent that is
+/// up but not Ready still holds (and resumes) what it was given. The
+/// deletion waits for each agent Pod that is running and cannot be
+/// reached (a node cut off from the network), and the status says so,
+/// naming the nodes, until it answers or its Pod is gone. An agent that is
+/// not running is not waited for: when it starts, it drops what it holds
+/// of Datasets that no longer exist ([`sync_agents`]).
+async fn cleanup(subject: &Subject, ctx: &Context) -> Result<Action, Error> {
     let (_, pods) = ctx.cached()?;
-    let dataset = pb::DatasetRef {
-        namespace: ns.clone(),
-        name: name.clone(),
-        uid: String::new(),
-    };
-    let removals = agent_pods(pods.iter().map(|p| &**p))
-        .into_values()
-        .filter(|p| p.ready)
-        .map(|pod| {
-            let dataset = dataset.clone();
-            async move {
-                let r = ctx.agent(&pod.pod_ip)?.remove(dataset).await;
+    let agents = agent_pods(pods.iter().map(|p| &**p));
+    let removals = agents.into_values().map(|pod| {
+        let dataset = subject.dataset_ref();
+        async move {
+            let result = if pod.pod_ip.is_empty() {
+                Err(format!("agent Pod {} has no address", pod.pod_name))
+            } else {
+                let r = match ctx.agent(&pod.pod_ip) {
+                    Ok(c) => c.remove(dataset).await,
+                    Err(e) => Err(e),
+                };
                 ctx.count_call("remove", &r);
-                r
+                r.map_err(|e| e.to_string())
+            };
+            (pod, result)
+        }
+    });
+    let mut blocked = BTreeMap::new();
+    for (pod, result) in in_flight(removals).await {
+        match result {
+            Ok(_) => {}
+            Err(why) if pod.running => {
+                blocked.insert(pod.node_name.clone(), why);
             }
-        });
-    for result in in_flight(removals).await {
-        result?;
+            Err(why) => {
+                tracing::info!(node = pod.node_name, %why,
+                    "not waiting for an agent that is not running: it drops the dataset when it starts");
+            }
+        }
     }
-    let label = node_label::key(&ns, &name);
+    let label = node_label::key(&subject.ns, &subject.name);
     let labelled = labelled_nodes(ctx, &label)?;
     sync_labels(ctx, &label, &labelled, &[]).await?;
-    let key = ObjectRef::from_obj(ds);
+    if !blocked.is_empty() {
+        let new = status::terminating(
+            subject.status.as_ref(),
+            subject.generation,
+            &blocked,
+            Time(Timestamp::now()),
+        );
+        store_status(subject, ctx, &new).await?;
+        return Err(Error::DeletionBlocked(blocked.len()));
+    }
     ctx.memos
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .remove(&key);
+        .remove(&subject.key);
     Ok(Action::await_change())
 }
 

@@ -11,14 +11,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use swarmseed_proto::ContentDigest;
 use swarmseed_proto::layout::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 
-use crate::quantity::{QuantityError, parse_bytes};
+use crate::quantity::{ByteQuantity, QuantityError, parse_bytes};
 
 /// The directory, on every selected node, that holds the published dataset
 /// (`<HOST_ROOT>/<namespace>/<name>`), for a pod's `hostPath` volume.
@@ -124,7 +123,7 @@ pub struct DatasetSpec {
         "rule": "type(self) == int ? self in [65536, 131072, 262144, 524288, 1048576, 2097152, 4194304, 8388608, 16777216, 33554432, 67108864, 134217728, 268435456] : self in ['64Ki', '128Ki', '256Ki', '512Ki', '1Mi', '2Mi', '4Mi', '8Mi', '16Mi', '32Mi', '64Mi', '128Mi', '256Mi']",
         "message": "chunkSize must be a power of two from 64Ki to 256Mi (bytes, or a quantity like 4Mi)"
     }]))]
-    pub chunk_size: Option<IntOrString>,
+    pub chunk_size: Option<ByteQuantity>,
 
     /// How the origin is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,7 +137,7 @@ pub struct DatasetSpec {
         "rule": "type(self) == int ? self >= 0 : self.matches('^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$')",
         "message": "peerBandwidth must be bytes per second or a quantity like 500Mi"
     }]))]
-    pub peer_bandwidth: Option<IntOrString>,
+    pub peer_bandwidth: Option<ByteQuantity>,
 }
 
 /// The source of the files.
@@ -244,7 +243,7 @@ pub struct OriginSpec {
         "rule": "type(self) == int ? self >= 0 : self.matches('^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$')",
         "message": "bandwidth must be bytes per second or a quantity like 200Mi"
     }]))]
-    pub bandwidth: Option<IntOrString>,
+    pub bandwidth: Option<ByteQuantity>,
 }
 
 impl Default for OriginSpec {
@@ -525,7 +524,7 @@ impl DatasetSpec {
     }
 }
 
-fn quantity(field: &'static str, q: Option<&IntOrString>) -> Result<Option<u64>, SpecError> {
+fn quantity(field: &'static str, q: Option<&ByteQuantity>) -> Result<Option<u64>, SpecError> {
     q.map(|q| parse_bytes(q).map_err(|source| SpecError::Quantity { field, source }))
         .transpose()
 }
@@ -598,9 +597,9 @@ mod tests {
         assert_eq!(spec("s3://").validate().unwrap_err().label(), "scheme");
 
         let mut s = spec("s3://b/p");
-        s.chunk_size = Some(IntOrString::String("3Mi".into()));
+        s.chunk_size = Some(ByteQuantity::from("3Mi"));
         assert_eq!(s.validate().unwrap_err(), SpecError::ChunkSize(3 << 20));
-        s.chunk_size = Some(IntOrString::Int(32 * 1024));
+        s.chunk_size = Some(ByteQuantity::Int(32 * 1024));
         assert_eq!(s.validate().unwrap_err(), SpecError::ChunkSize(32 * 1024));
 
         let mut s = spec("s3://b/p");

@@ -13,6 +13,7 @@ pub mod agents;
 pub mod assignment;
 pub mod controller;
 pub mod crd;
+pub mod events;
 pub mod leader;
 pub mod node_label;
 pub mod plan;

@@ -7,7 +7,13 @@
 //! Rules:
 //! - at most `maxFetchers` agents read from the origin, each a set of
 //!   contiguous chunk ranges; the ranges are disjoint and cover every chunk,
-//!   so each byte leaves the origin about once;
+//!   so each byte leaves the origin about once; never more fetchers than
+//!   chunks, and every fetcher gets at least one chunk, so that the plan for
+//!   the same inputs is the plan itself (a fetcher left without chunks would
+//!   be dropped, and a rebalance would bring it back at the next run, for
+//!   ever: a small dataset then never settled);
+//! - a node that failed or refused the revision is not made a fetcher (and
+//!   loses the role if it had it): its chunks would never be read;
 //! - a plan that still fits is kept as it is (same generation), so sending
 //!   it again is a no-op for the agents;
 //! - when a fetcher goes away, only its ranges move (to replacement
@@ -142,6 +148,9 @@ pub struct PlanInput<'a> {
     pub layout: &'a ChunkLayout,
     /// Agents on the selected nodes (unready ones are ignored).
     pub agents: &'a [AgentInfo],
+    /// Nodes that may not read from the origin (they failed or refused
+    /// this revision); they stay peers.
+    pub no_fetch: &'a BTreeSet<String>,
     pub previous: Option<&'a Plan>,
     pub max_fetchers: u32,
     pub max_peers: usize,
@@ -161,7 +170,14 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     if live.is_empty() {
         return Err(PlanError::NoReadyAgents);
     }
-    let k = (input.max_fetchers.max(1) as usize).min(live.len());
+    let candidates: BTreeMap<&str, &AgentInfo> = live
+        .iter()
+        .filter(|(n, _)| !input.no_fetch.contains(**n))
+        .map(|(n, a)| (*n, *a))
+        .collect();
+    let k = (input.max_fetchers.max(1) as usize)
+        .min(candidates.len())
+        .min(chunk_count as usize);
 
     // Fetchers of the previous plan that are still alive with the same key
     // keep their role (and, for the same revision, their ranges).
@@ -169,7 +185,8 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     let same_revision =
         previous.is_some_and(|p| p.revision == revision && p.chunk_count == chunk_count);
     let alive = |f: &Fetcher| {
-        live.get(f.node_name.as_str())
+        candidates
+            .get(f.node_name.as_str())
             .is_some_and(|a| a.public_key == f.public_key)
     };
     let mut kept: Vec<Fetcher> = previous
@@ -180,7 +197,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     // New fetchers, spread over nodes by a hash of (revision, node) so that
     // different datasets pick different nodes.
     let taken: BTreeSet<&str> = kept.iter().map(|f| f.node_name.as_str()).collect();
-    let mut fresh: Vec<&AgentInfo> = live
+    let mut fresh: Vec<&AgentInfo> = candidates
         .values()
         .copied()
         .filter(|a| !taken.contains(a.node_name.as_str()))
@@ -275,39 +292,54 @@ fn merge_adjacent(ranges: Vec<Range<u32>>) -> Vec<Range<u32>> {
 }
 
 /// Splits the chunks of `ranges` into `parts` groups of contiguous ranges,
-/// in order, with about equal bytes each. A group may be empty when there
-/// are fewer chunks than parts.
+/// in order, with about equal bytes each. Every group gets at least one
+/// chunk while there are as many chunks as groups (balancing by bytes
+/// alone leaves a group empty beside a chunk much larger than the
+/// others); with fewer chunks, the last groups are empty.
 fn split(layout: &ChunkLayout, ranges: &[Range<u32>], parts: usize) -> Vec<Vec<Range<u32>>> {
     let mut out = vec![Vec::new(); parts];
     if parts == 0 {
         return out;
     }
-    let total: u64 = ranges.iter().map(|r| layout.bytes_in(r.clone())).sum();
-    let chunks: u64 = ranges.iter().map(|r| u64::from(r.end - r.start)).sum();
+    let chunks: Vec<u32> = ranges.iter().flat_map(|r| r.clone()).collect();
+    let n = chunks.len();
+    let total: u64 = chunks.iter().map(|&i| layout.chunk_len(i)).sum();
     // Zero-length chunks cannot exist, but weigh by count if bytes are 0.
     let weight = |i: u32| if total == 0 { 1 } else { layout.chunk_len(i) };
-    let total = if total == 0 { chunks } else { total };
-    let mut part = 0usize;
+    let total = if total == 0 { n as u64 } else { total };
+    // The group of each position by bytes: the one whose share holds the
+    // chunk's midpoint.
     let mut done = 0u64;
+    let mut group: Vec<usize> = chunks
+        .iter()
+        .map(|&i| {
+            let w = weight(i);
+            let mid = done * 2 + w;
+            done += w;
+            (((mid as u128 * parts as u128) / (total as u128 * 2)) as usize).min(parts - 1)
+        })
+        .collect();
+    // Then at least one chunk per group, keeping the order: position p
+    // goes to a group no later than p allows (the groups before it need a
+    // chunk each) and no earlier than the chunks after it need.
+    for (p, g) in group.iter_mut().enumerate() {
+        *g = (*g).min(p).max((parts.min(n)).saturating_sub(n - p));
+    }
+    for p in 1..n {
+        group[p] = group[p].clamp(group[p - 1], group[p - 1] + 1);
+    }
+    let mut p = 0;
     for r in ranges {
         let mut start = r.start;
         for i in r.clone() {
-            // Chunk i goes to the part whose share contains its midpoint.
-            let w = weight(i);
-            let mid = done * 2 + w;
-            let target = ((mid as u128 * parts as u128) / (total as u128 * 2)) as usize;
-            let target = target.min(parts - 1);
-            if target != part {
-                if i > start {
-                    out[part].push(start..i);
-                }
+            if i > start && group[p] != group[p - 1] {
+                out[group[p - 1]].push(start..i);
                 start = i;
-                part = target;
             }
-            done += w;
+            p += 1;
         }
         if r.end > start {
-            out[part].push(start..r.end);
+            out[group[p - 1]].push(start..r.end);
         }
     }
     out
@@ -392,6 +424,8 @@ mod tests {
         ChunkLayout::new(files, MIB).unwrap()
     }
 
+    static NOBODY: BTreeSet<String> = BTreeSet::new();
+
     fn input<'a>(
         l: &'a ChunkLayout,
         agents: &'a [AgentInfo],
@@ -401,6 +435,7 @@ mod tests {
         PlanInput {
             layout: l,
             agents,
+            no_fetch: &NOBODY,
             previous: prev,
             max_fetchers: k,
             max_peers: DEFAULT_MAX_PEERS,
@@ -601,6 +636,80 @@ mod tests {
         assert_eq!(p.peers.len(), 5);
     }
 
+    /// A Dataset with fewer chunks than fetchers allowed was re-planned at
+    /// every reconcile (generation 65 in 2.5 minutes, every agent sent its
+    /// assignment again each time): a fetcher left without chunks was
+    /// dropped and brought back by the next run.
+    #[test]
+    fn the_plan_of_a_tiny_dataset_settles_at_once() {
+        let agents: Vec<_> = (0..12).map(agent).collect();
+        // One chunk much larger than the others: balancing by bytes alone
+        // left fetchers without chunks even with as many chunks as fetchers.
+        let mut sizes = vec![MIB, 3 * MIB];
+        sizes.extend(std::iter::repeat_n(100, 3));
+        for l in [layout(&[2 * MIB]), layout(&[MIB / 2]), layout(&sizes)] {
+            let first = plan(&input(&l, &agents, None, 4)).unwrap();
+            assert_partition(&first);
+            assert_eq!(first.fetchers.len(), (l.chunk_count() as usize).min(4));
+            let mut p = first.clone();
+            for _ in 0..5 {
+                p = plan(&input(&l, &agents, Some(&p), 4)).unwrap();
+            }
+            assert_eq!(p, first, "the plan moved for {} chunks", l.chunk_count());
+        }
+    }
+
+    #[test]
+    fn every_fetcher_gets_a_chunk_when_there_are_enough() {
+        let mut sizes = vec![8 * MIB];
+        sizes.extend(std::iter::repeat_n(1000, 3000));
+        let l = layout(&sizes);
+        for k in 1..=l.chunk_count() {
+            let parts = split(&l, std::slice::from_ref(&(0..l.chunk_count())), k as usize);
+            assert!(parts.iter().all(|p| !p.is_empty()), "k = {k}: {parts:?}");
+        }
+    }
+
+    /// A node that failed the revision (out of disk space, say) kept its
+    /// fetcher role, and every other node stalled one chunk short.
+    #[test]
+    fn a_failed_node_loses_its_fetcher_role_and_the_plan_settles() {
+        let l = layout(&[64 * MIB]);
+        let agents: Vec<_> = (0..3).map(agent).collect();
+        let p1 = plan(&input(&l, &agents, None, 4)).unwrap();
+        assert_eq!(p1.fetchers.len(), 3);
+        let failed: BTreeSet<String> = [p1.fetchers[1].node_name.clone()].into();
+        let with_failed = |prev| PlanInput {
+            no_fetch: &failed,
+            ..input(&l, &agents, prev, 4)
+        };
+        let p2 = plan(&with_failed(Some(&p1))).unwrap();
+        assert_partition(&p2);
+        assert_eq!(p2.generation, p1.generation + 1);
+        assert!(p2.fetchers.iter().all(|f| !failed.contains(&f.node_name)));
+        for survivor in [&p1.fetchers[0], &p1.fetchers[2]] {
+            let now = p2
+                .fetchers
+                .iter()
+                .find(|f| f.node_name == survivor.node_name);
+            let covered = |r: &Range<u32>| {
+                now.is_some_and(|f| {
+                    f.ranges
+                        .iter()
+                        .any(|n| n.start <= r.start && r.end <= n.end)
+                })
+            };
+            assert!(
+                survivor.ranges.iter().all(covered),
+                "{} keeps its ranges",
+                survivor.node_name
+            );
+        }
+        // It stays a peer of the others, and the plan stays put.
+        assert!(p2.peers.contains_key(&p1.fetchers[1].node_name));
+        assert_eq!(plan(&with_failed(Some(&p2))).unwrap(), p2);
+    }
+
     #[test]
     fn peer_sets_are_bounded_and_always_include_the_fetchers() {
         let l = layout(&[64 * MIB]);
@@ -647,6 +756,7 @@ mod tests {
             let k = 1 + next(8) as u32;
             let mut agents: Vec<_> = (0..n).map(agent).collect();
             let mut prev = plan(&input(&l, &agents, None, k)).unwrap();
+            assert_eq!(plan(&input(&l, &agents, Some(&prev), k)).unwrap(), prev);
             for _ in 0..5 {
                 if agents.len() > 1 {
                     let victim = next(agents.len() as u64) as usize;
@@ -664,6 +774,9 @@ mod tests {
                         .iter()
                         .all(|f| live.contains(f.node_name.as_str()))
                 );
+                // Settled after at most one more run.
+                let again = plan(&input(&l, &agents, Some(&p), k)).unwrap();
+                assert_eq!(plan(&input(&l, &agents, Some(&again), k)).unwrap(), again);
                 prev = p;
             }
         }

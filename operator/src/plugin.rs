@@ -655,6 +655,7 @@ Total: origin 4GiB / peers 2.3GiB (36% from peers); origin ratio 1.00x (bytes re
         }
         for r in [
             reason::INVALID_SOURCE,
+            reason::INVALID_SPEC,
             reason::DIGEST_MISMATCH,
             reason::INSUFFICIENT_STORAGE,
             reason::UNSAFE_PATH,

@@ -37,6 +37,16 @@ pub mod reason {
     pub const NO_MATCHING_NODES: &str = "NoMatchingNodes";
     pub const SOURCE_UNAVAILABLE: &str = "SourceUnavailable";
     pub const INVALID_SOURCE: &str = "InvalidSource";
+    /// The operator cannot read the Dataset at all (a value its types
+    /// cannot hold); the message names the field.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The Dataset is being deleted.
+    pub const TERMINATING: &str = "Terminating";
+    /// The deletion waits for nodes whose agent runs but cannot be reached.
+    pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+    /// A node could not write to its store (other than running out of
+    /// space).
+    pub const STORAGE_ERROR: &str = "StorageError";
     pub const DIGEST_MISMATCH: &str = "DigestMismatch";
     pub const INSUFFICIENT_STORAGE: &str = "InsufficientStorage";
     pub const AGENT_UNREACHABLE: &str = "AgentUnreachable";
@@ -242,6 +252,41 @@ pub fn compute(input: &StatusInput<'_>) -> DatasetStatus {
         .and_then(|r| failed.iter().find(|f| f.reason == r))
         .map(|f| format!("{} node(s) failed; {}: {}", total_failed, f.node, f.message));
 
+    // Nodes whose origin reads keep failing, the longest first: the
+    // transfer goes on, but whatever only the origin has waits.
+    let mut origin_trouble: Vec<(&str, u32, &pb::ErrorInfo)> = input
+        .nodes
+        .iter()
+        .filter_map(|(node, report)| match report {
+            NodeReport::Progress(Some(p))
+                if rev.is_some_and(|r| r.revision == p.revision)
+                    && p.state() != DatasetState::Failed =>
+            {
+                p.origin_error
+                    .as_ref()
+                    .map(|e| (node.as_str(), p.origin_error_seconds, e))
+            }
+            _ => None,
+        })
+        .collect();
+    origin_trouble.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let origin_problem = origin_trouble.first().map(|(node, secs, e)| {
+        let reason = if e.reason.is_empty() {
+            reason::SOURCE_UNAVAILABLE
+        } else {
+            e.reason.as_str()
+        };
+        let others = match origin_trouble.len() - 1 {
+            0 => String::new(),
+            n => format!(" (and on {n} other node(s))"),
+        };
+        let message = format!(
+            "origin reads have failed for {secs} s on {node}{others}: {}; chunks already in the cluster keep moving",
+            e.message
+        );
+        (reason, message)
+    });
+
     let all = counts.desired;
     let mut conditions: Vec<(&str, bool, String, String)> = Vec::new();
     if let Some(p) = input.problem {
@@ -282,8 +327,9 @@ pub fn compute(input: &StatusInput<'_>) -> DatasetStatus {
         } else {
             conditions.push((PROGRESSING, false, reason::COMPLETE.into(), String::new()));
         }
-        match (dominant, dominant_message) {
-            (Some(r), Some(m)) => conditions.push((DEGRADED, true, r.into(), m)),
+        match (dominant, dominant_message, origin_problem) {
+            (Some(r), Some(m), _) => conditions.push((DEGRADED, true, r.into(), m)),
+            (_, _, Some((r, m))) => conditions.push((DEGRADED, true, r.into(), m)),
             _ => conditions.push((DEGRADED, false, reason::AS_EXPECTED.into(), String::new())),
         }
     }
@@ -335,6 +381,69 @@ pub fn compute(input: &StatusInput<'_>) -> DatasetStatus {
         node_progress,
         conditions,
     }
+}
+
+/// The status of a Dataset being deleted: what it held, with conditions
+/// that say it is going and, while agents that may hold data cannot be
+/// reached, which nodes the deletion waits for (`blocked`: node → why).
+pub fn terminating(
+    previous: Option<&DatasetStatus>,
+    generation: Option<i64>,
+    blocked: &BTreeMap<String, String>,
+    now: Time,
+) -> DatasetStatus {
+    let mut out = previous.cloned().unwrap_or_default();
+    let waiting = match blocked.len() {
+        0 => "removing it from every node".to_owned(),
+        n => format!("waiting for {n} node(s) that may hold a copy to remove it"),
+    };
+    let mut conditions = vec![
+        (
+            READY,
+            false,
+            reason::TERMINATING,
+            format!("being deleted: {waiting}"),
+        ),
+        (
+            PROGRESSING,
+            true,
+            reason::TERMINATING,
+            format!("being deleted: {waiting}"),
+        ),
+    ];
+    if blocked.is_empty() {
+        conditions.push((DEGRADED, false, reason::AS_EXPECTED, String::new()));
+    } else {
+        const SHOWN: usize = 5;
+        let mut named: Vec<String> = blocked
+            .iter()
+            .take(SHOWN)
+            .map(|(node, why)| format!("{node} ({why})"))
+            .collect();
+        if blocked.len() > SHOWN {
+            named.push(format!("{} more", blocked.len() - SHOWN));
+        }
+        let message = format!(
+            "the deletion waits for nodes whose agent runs but cannot be reached: {}; it completes once they answer or their agent Pods are gone",
+            named.join("; ")
+        );
+        conditions.push((DEGRADED, true, reason::DELETION_BLOCKED, message));
+    }
+    out.conditions = conditions
+        .into_iter()
+        .map(|(type_, ok, reason, message)| {
+            condition(
+                previous,
+                type_,
+                ok,
+                reason.to_owned(),
+                message,
+                generation,
+                &now,
+            )
+        })
+        .collect();
+    out
 }
 
 fn short(revision: &str) -> &str {
@@ -488,6 +597,112 @@ mod tests {
 
     fn cond<'a>(s: &'a DatasetStatus, t: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    /// A 40 s origin outage mid-seed showed `Progressing=True Seeding`,
+    /// `Degraded=False` and no Event: only agent logs mentioned it.
+    #[test]
+    fn an_origin_that_keeps_failing_is_degraded_and_named() {
+        let failing = |secs: u32| {
+            let NodeReport::Progress(Some(mut p)) = progress(DatasetState::Transferring, 1, 0)
+            else {
+                unreachable!()
+            };
+            p.origin_error = Some(pb::ErrorInfo {
+                reason: reason::SOURCE_UNAVAILABLE.into(),
+                message: "GET http://origin/w.bin: connection refused".into(),
+            });
+            p.origin_error_seconds = secs;
+            NodeReport::Progress(Some(p))
+        };
+        let healthy = run(
+            &nodes(vec![progress(DatasetState::Transferring, 1, 0)]),
+            None,
+            at(0),
+        );
+        let s = run(
+            &nodes(vec![
+                failing(12),
+                progress(DatasetState::Transferring, 1, 0),
+                failing(31),
+            ]),
+            Some(&healthy),
+            at(15),
+        );
+        let d = cond(&s, DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "SourceUnavailable")
+        );
+        assert_eq!(
+            d.message,
+            "origin reads have failed for 31 s on node-2 (and on 1 other node(s)): \
+             GET http://origin/w.bin: connection refused; chunks already in the cluster keep moving"
+        );
+        assert_eq!(cond(&s, PROGRESSING).status, "True", "the seed goes on");
+        let m = milestones(Some(&healthy), &s);
+        assert_eq!(m.len(), 1, "a Warning Event: {m:?}");
+        assert_eq!((m[0].0, m[0].1.as_str()), (true, "SourceUnavailable"));
+        // Recovered: Degraded clears by itself.
+        let back = run(
+            &nodes(vec![progress(DatasetState::Transferring, 2, 0)]),
+            Some(&s),
+            at(30),
+        );
+        assert_eq!(cond(&back, DEGRADED).status, "False");
+        // A failed node is the stronger fault and names the Dataset's.
+        let s = run(
+            &nodes(vec![
+                failing(40),
+                failed(reason::INSUFFICIENT_STORAGE, "disk full"),
+            ]),
+            None,
+            at(0),
+        );
+        assert_eq!(cond(&s, DEGRADED).reason, reason::INSUFFICIENT_STORAGE);
+    }
+
+    /// A deletion held up by a node cut off from the network was silent:
+    /// status still said Ready 3/3, and there was no Event.
+    #[test]
+    fn a_blocked_deletion_says_so_and_names_the_nodes() {
+        let ready = run(
+            &nodes(vec![
+                progress(DatasetState::Ready, 1, 0),
+                progress(DatasetState::Ready, 0, 1),
+            ]),
+            None,
+            at(0),
+        );
+        let blocked: BTreeMap<String, String> = [(
+            "node-1".to_owned(),
+            "agent 10.0.0.2:7400: no answer within 15s".to_owned(),
+        )]
+        .into();
+        let s = terminating(Some(&ready), Some(3), &blocked, at(5));
+        assert_eq!(cond(&s, READY).status, "False");
+        assert_eq!(cond(&s, READY).reason, reason::TERMINATING);
+        let d = cond(&s, DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "DeletionBlocked")
+        );
+        assert!(
+            d.message
+                .contains("node-1 (agent 10.0.0.2:7400: no answer within 15s)"),
+            "{}",
+            d.message
+        );
+        assert_eq!(s.nodes, ready.nodes, "what it held is still shown");
+        let m = milestones(Some(&ready), &s);
+        assert!(m.iter().any(|e| e.0 && e.1 == "DeletionBlocked"), "{m:?}");
+        // Many nodes: a bounded message.
+        let many: BTreeMap<String, String> = (0..1000)
+            .map(|i| (format!("node-{i:04}"), "unreachable".to_owned()))
+            .collect();
+        let s = terminating(Some(&ready), Some(3), &many, at(6));
+        assert!(cond(&s, DEGRADED).message.len() < 512);
+        assert!(cond(&s, DEGRADED).message.contains("995 more"));
     }
 
     #[test]

@@ -126,3 +126,132 @@ async fn unusable_datasets_say_why_and_can_be_deleted() {
     operator.abort();
     server.shutdown().await;
 }
+
+/// A Dataset the API server accepts must never stop the operator from
+/// reconciling the others. `origin.bandwidth: 3000000000` is valid for the
+/// CRD (int64) but did not fit the operator's 32-bit field: a restarted
+/// operator failed its initial list and reconciled no Dataset at all. A
+/// Dataset whose spec the operator cannot read at all (here: a value the
+/// stand-in lets through, as a schema from another version would) is
+/// reported on itself, and one with a status written by another version is
+/// reconciled as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unreadable_dataset_blocks_no_other() {
+    use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let client = server.client().await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &Dataset::crd())
+        .await
+        .unwrap();
+    let resource = ApiResource::erase::<Dataset>(&());
+    let raw: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
+    let create = async |name: &str, spec: serde_json::Value, finalizers: &[&str]| {
+        let mut obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "swarmseed.io/v1alpha1", "kind": "Dataset",
+            "metadata": { "name": name, "namespace": "default" },
+            "spec": spec,
+        }))
+        .unwrap();
+        if !finalizers.is_empty() {
+            obj.metadata.finalizers = Some(finalizers.iter().map(|f| (*f).to_owned()).collect());
+        }
+        raw.create(&PostParams::default(), &obj).await.unwrap();
+    };
+    // Nobody serves these sources: each readable Dataset ends up
+    // SourceUnavailable, which shows it was reconciled.
+    let source = |path: &str| serde_json::json!({ "uri": format!("http://127.0.0.1:1/{path}") });
+    create(
+        "big-bandwidth",
+        serde_json::json!({ "source": source("a"), "origin": { "bandwidth": 3_000_000_000u64 } }),
+        &[],
+    )
+    .await;
+    create(
+        "unreadable",
+        serde_json::json!({ "source": source("b"), "origin": { "maxFetchers": 5_000_000_000u64 } }),
+        &[FINALIZER],
+    )
+    .await;
+    create("plain", serde_json::json!({ "source": source("c") }), &[]).await;
+    create(
+        "newer-status",
+        serde_json::json!({ "source": source("d") }),
+        &[],
+    )
+    .await;
+    let newer = serde_json::json!({ "status": { "nodeProgress": [
+        { "node": "n1", "state": "SomeFutureState" }
+    ] } });
+    raw.patch_status(
+        "newer-status",
+        &PatchParams::default(),
+        &Patch::Merge(&newer),
+    )
+    .await
+    .unwrap();
+
+    // The operator starts with all of them present.
+    let settings = Settings {
+        agent_namespace: "swarmseed-system".into(),
+        control_port: 7400,
+        call_timeout: Duration::from_secs(2),
+        max_peers: 16,
+    };
+    let ctx = Context::new(
+        client.clone(),
+        settings,
+        ControlToken::new("t").unwrap(),
+        b"t".to_vec(),
+    );
+    let operator = tokio::spawn(controller::run(Arc::new(ctx)));
+
+    let degraded = async |name: &str| {
+        wait_for(&format!("the Degraded condition of {name}"), async || {
+            let obj = raw.get(name).await.ok()?;
+            let c = obj.data["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Degraded")?
+                .clone();
+            Some((
+                c["status"].as_str()?.to_owned(),
+                c["reason"].as_str()?.to_owned(),
+                c["message"].as_str()?.to_owned(),
+            ))
+        })
+        .await
+    };
+    for name in ["big-bandwidth", "plain", "newer-status"] {
+        let (status, reason, message) = degraded(name).await;
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("True", "SourceUnavailable"),
+            "{name}: {message}"
+        );
+    }
+    let (status, reason, message) = degraded("unreadable").await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "InvalidSpec"));
+    assert!(
+        message.contains("spec.origin.maxFetchers"),
+        "the message names the field: {message}"
+    );
+
+    // Deletion goes through for all of them, the unreadable one included.
+    for name in ["big-bandwidth", "unreadable", "plain", "newer-status"] {
+        raw.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_for(&format!("{name} to go"), async || {
+            raw.get_opt(name).await.ok().filter(Option::is_none)
+        })
+        .await;
+    }
+    operator.abort();
+    server.shutdown().await;
+}

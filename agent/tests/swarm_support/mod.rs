@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -123,23 +123,29 @@ pub fn assert_same_tree(expected: &BTreeMap<String, (u64, blake3::Hash)>, dir: &
 // ------------------------------------------------------------------ origin
 
 /// A file-backed HTTP origin (nginx-like: JSON autoindex, Range, ETag,
-/// If-Match) counting the body bytes it serves.
+/// If-Match) counting the body bytes it serves; it can be taken down (it
+/// then answers every request 503, as a load balancer in front of a
+/// server that is gone).
 pub struct HttpOrigin {
     pub url: String,
     pub bytes_served: Arc<AtomicU64>,
+    down: Arc<AtomicBool>,
 }
 
 struct OriginState {
     root: PathBuf,
     served: Arc<AtomicU64>,
+    down: Arc<AtomicBool>,
 }
 
 impl HttpOrigin {
     pub async fn start(root: &Path) -> Self {
         let served = Arc::new(AtomicU64::new(0));
+        let down = Arc::new(AtomicBool::new(false));
         let state = Arc::new(OriginState {
             root: root.to_owned(),
             served: served.clone(),
+            down: down.clone(),
         });
         let app = axum::Router::new()
             .fallback(origin_handler)
@@ -150,11 +156,17 @@ impl HttpOrigin {
         Self {
             url: format!("http://{addr}/"),
             bytes_served: served,
+            down,
         }
     }
 
     pub fn served(&self) -> u64 {
         self.bytes_served.load(Ordering::SeqCst)
+    }
+
+    /// Takes the origin down (every request answered 503) or back up.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 }
 
@@ -180,6 +192,9 @@ async fn origin_handler(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
+    if s.down.load(Ordering::SeqCst) {
+        return empty(StatusCode::SERVICE_UNAVAILABLE);
+    }
     let rel = percent_decode(uri.path().trim_start_matches('/'));
     if rel.split('/').any(|seg| seg == "..") {
         return empty(StatusCode::BAD_REQUEST);

@@ -11,7 +11,7 @@
 //!    Degraded condition carries a reason and a message; a Dataset is never
 //!    without status, nor not Ready with nothing Progressing or Degraded,
 //!    for [`EXPLAIN_WITHIN`]; one held by its finalizer says `Terminating`
-//!    and names a node within the same time;
+//!    and names the nodes that hold it within the same time;
 //! 4. no node "Seeding" (`Pending`/`Transferring`) without a change in its
 //!    progress or in the conditions for [`SILENT_LIMIT`];
 //! 5. no leftover state after delete: no store entry and no node label of a
@@ -367,11 +367,10 @@ fn unexplained(d: &DatasetView) -> Option<String> {
 }
 
 /// Whether a deleting Dataset's conditions say `Terminating` and name a
-/// node.
+/// node (the one may be in another condition than the other).
 fn names_terminating(d: &DatasetView, world: &World) -> bool {
-    d.conditions().iter().any(|c| {
-        c.reason == "Terminating" && world.nodes.keys().any(|n| c.message.contains(n.as_str()))
-    })
+    let nodes: Vec<&str> = world.nodes.keys().map(String::as_str).collect();
+    d.terminating_naming(&nodes)
 }
 
 /// Store entries and node labels of Datasets that do not exist: (subject,
@@ -642,7 +641,11 @@ mod tests {
         assert!(v[0].detail.contains("Terminating"), "{}", v[0]);
         let mut c = Checker::new();
         c.check(&snap(t0, vec![deleting("Terminating", "x")], vec![]), &w);
-        let named = deleting("Terminating", "waiting for node-1 to remove its copy");
+        let named = dataset(
+            json!([{ "type": "Ready", "status": "False", "reason": "Terminating", "message": "waiting for 1 node" },
+                   { "type": "Degraded", "status": "True", "reason": "DeletionBlocked", "message": "node-1 (no answer)" }]),
+            json!({ "metadata": { "deletionTimestamp": "2024-01-01T00:00:00Z" } }),
+        );
         assert!(
             c.check(&snap(t0 + EXPLAIN_WITHIN, vec![named], vec![]), &w)
                 .is_empty()

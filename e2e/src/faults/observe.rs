@@ -170,6 +170,16 @@ impl DatasetView {
             .find(|p| p.node == node)
     }
 
+    /// Whether a condition says `Terminating` and one (the same or
+    /// another) names one of `nodes`: a deletion held up says by whom.
+    pub fn terminating_naming(&self, nodes: &[&str]) -> bool {
+        let conditions = self.conditions();
+        conditions.iter().any(|c| c.reason == "Terminating")
+            && conditions
+                .iter()
+                .any(|c| nodes.iter().any(|n| c.message.contains(n)))
+    }
+
     /// Every condition on one line, for messages.
     pub fn conditions_text(&self) -> String {
         if self.status.is_none() {

@@ -9,14 +9,9 @@ use crate::{NS, expect_dataset, holds_anything, spec};
 /// The node each row takes away.
 const AWAY: &str = "node-2";
 
-/// Whether `d` is being deleted and says `Terminating`, naming [`AWAY`].
+/// Whether `d` is being deleted, says `Terminating` and names [`AWAY`].
 fn terminating_names_away(d: Option<&DatasetView>) -> bool {
-    d.is_some_and(|d| {
-        d.deleting
-            && d.conditions()
-                .iter()
-                .any(|c| c.reason == "Terminating" && c.message.contains(AWAY))
-    })
+    d.is_some_and(|d| d.deleting && d.terminating_naming(&[AWAY]))
 }
 
 /// Waits until no node in `nodes` holds anything of `ns/name`.

@@ -14,18 +14,20 @@
 //!
 //! Rows by module: `crashes` (agent and operator kills), `network`
 //! (partition, origin outages), `deletion` (deletes while a node is down or
-//! cut off), `specs` (tiny Datasets, oversized names, bad specs), `soak`.
-//! Other modules of this binary hold the rows for hostile peer clients,
-//! origin changes and unsafe keys, and disk faults.
+//! cut off), `specs` (tiny Datasets, oversized names, bad specs),
+//! `hostile_peers` (slow handshakes, oversize frames, connection floods),
+//! `storage` (full disks, a 253-character name), `soak`.
 
 // Tests unwrap like tests do.
 #![allow(clippy::unwrap_used)]
 
 mod crashes;
 mod deletion;
+mod hostile_peers;
 mod network;
 mod soak;
 mod specs;
+mod storage;
 
 use std::time::Duration;
 
