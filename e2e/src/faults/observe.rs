@@ -524,7 +524,7 @@ impl Observer {
 fn node_dir_entry(rel: &Path) -> bool {
     let parts: Vec<&std::ffi::OsStr> = rel.iter().collect();
     match parts.as_slice() {
-        [] | [_node] => true,
+        [] | [_] => true,
         [_node, f] => ["agent.log", "disk.img", "disk"].iter().any(|a| f == a),
         [_node, disk, lost, ..] => *disk == "disk" && *lost == "lost+found",
         _ => false,
