@@ -172,6 +172,8 @@ pub struct ClusterNode {
     pub agent_log: PathBuf,
     agent: Option<ManagedChild>,
     restarts: u32,
+    /// Its agent Pod was deleted ([`Cluster::remove_agent_pod`]).
+    pod_removed: bool,
     /// The node's own filesystem, holding `root` ([`ClusterSpec::node_disk_bytes`]).
     disk: Option<NodeDisk>,
 }
@@ -210,6 +212,15 @@ pub enum Placement<'a> {
     Origin,
     /// In the launcher's own namespace.
     Root,
+}
+
+/// One end of the cluster network whose link can be cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkEnd<'a> {
+    /// The named node's link: a partition of that node.
+    Node(&'a str),
+    /// The origin's link: an outage of every origin.
+    Origin,
 }
 
 /// An HTTP origin running as `e2e origin-http` in the origin namespace.
@@ -473,6 +484,7 @@ impl Cluster {
                 agent_log: dir.join("agent.log"),
                 agent: None,
                 restarts: 0,
+                pod_removed: false,
                 disk,
             });
         }
@@ -644,18 +656,72 @@ impl Cluster {
         self.set_pod_ready(i, false).await
     }
 
+    /// Kills the agent on `node` and deletes its Pod, as draining or
+    /// replacing the node would; [`Cluster::restart_agent`] brings both back.
+    pub async fn remove_agent_pod(&mut self, node: &str) -> Result<()> {
+        let i = self.index_of(node)?;
+        if let Some(mut agent) = self.nodes[i].agent.take() {
+            agent.kill();
+        }
+        let pods = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
+            self.client.clone(),
+            kube_objects::AGENT_NAMESPACE,
+        );
+        let name = kube_objects::agent_pod_name(node);
+        with_timeout("deleting an agent Pod", KUBE_TIMEOUT, async {
+            match pods.delete(&name, &Default::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await?;
+        self.nodes[i].pod_removed = true;
+        Ok(())
+    }
+
     /// Restarts the agent on `node` (killing it first if it runs), waits for
-    /// `/readyz` and marks its Pod ready again with one more restart.
+    /// `/readyz` and marks its Pod ready again with one more restart (made
+    /// anew if [`Cluster::remove_agent_pod`] deleted it).
     pub async fn restart_agent(&mut self, node: &str) -> Result<()> {
         let i = self.index_of(node)?;
         if let Some(mut agent) = self.nodes[i].agent.take() {
             agent.kill();
             self.set_pod_ready(i, false).await?;
         }
+        if self.nodes[i].pod_removed {
+            let n = &self.nodes[i];
+            with_timeout(
+                "registering an agent Pod",
+                KUBE_TIMEOUT,
+                kube_objects::register_agent_pod(
+                    &self.client,
+                    &n.name,
+                    n.address,
+                    n.ports,
+                    self.owner_uid.as_deref(),
+                ),
+            )
+            .await?;
+            self.nodes[i].pod_removed = false;
+        }
         self.nodes[i].restarts += 1;
         self.spawn_agent(i)?;
         self.wait_agent_ready(i).await?;
         self.set_pod_ready(i, true).await
+    }
+
+    /// Cuts (`up = false`) or restores a link ([`LinkEnd`]). Needs network
+    /// namespaces: on the loopback fallback there is no link to cut.
+    pub fn set_link_up(&self, end: LinkEnd<'_>, up: bool) -> Result<()> {
+        let net = self.network.as_ref().ok_or_else(|| {
+            Error::Invalid("cutting a link needs network namespaces (run as root)".into())
+        })?;
+        let ep = match end {
+            LinkEnd::Origin => &net.origin,
+            LinkEnd::Node(name) => &net.nodes[self.index_of(name)?],
+        };
+        net.set_link_up(ep, up)
     }
 
     /// Stops gracefully: SIGTERM to every agent (SIGKILL after 5 s), the

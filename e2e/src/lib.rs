@@ -24,6 +24,7 @@ pub mod cmd;
 pub mod demo;
 pub mod disk;
 pub mod error;
+pub mod faults;
 pub mod hostile_peer;
 pub mod kube_objects;
 pub mod naming;
@@ -32,6 +33,7 @@ pub mod netns;
 pub mod origin;
 pub mod peerbench;
 pub mod process;
+pub mod rng;
 pub mod scalebench;
 pub mod seeding;
 pub mod stub_agent;
@@ -74,7 +76,7 @@ pub(crate) async fn bind_tcp(
 }
 
 pub use cluster::{
-    Cluster, ClusterNode, ClusterSpec, NetworkMode, NodeSpec, Placement, RemoteHttpOrigin,
+    Cluster, ClusterNode, ClusterSpec, LinkEnd, NetworkMode, NodeSpec, Placement, RemoteHttpOrigin,
 };
 pub use error::{Error, Result};
 pub use kube_objects::AgentPorts;

@@ -224,6 +224,15 @@ impl Network {
         Ok(())
     }
 
+    /// Takes the root-namespace end of an endpoint's link down or up: down,
+    /// the endpoint can neither send nor receive (a partition, or an origin
+    /// outage); up again, its shaping is still in place (the qdisc belongs
+    /// to the device, not to its up state).
+    pub fn set_link_up(&self, ep: &Endpoint, up: bool) -> Result<()> {
+        let state = if up { "up" } else { "down" };
+        ip(&["link", "set", "dev", &ep.host_veth, state]).map(|_| ())
+    }
+
     /// Every namespace name of this network.
     pub fn netns_names(&self) -> Vec<String> {
         self.created_netns.clone()

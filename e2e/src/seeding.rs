@@ -270,7 +270,11 @@ impl SeedCluster {
     pub fn operator_log(&self, identity: &str) -> String {
         let path = self.cluster.work_dir().join(format!("{identity}.log"));
         let s = std::fs::read_to_string(path).unwrap_or_default();
-        s[s.len().saturating_sub(6000)..].to_string()
+        let mut start = s.len().saturating_sub(6000);
+        while !s.is_char_boundary(start) {
+            start += 1;
+        }
+        s[start..].to_string()
     }
 }
 

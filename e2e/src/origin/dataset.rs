@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,20 +60,6 @@ pub struct PlannedFile {
     pub size: u64,
 }
 
-/// SplitMix64: a tiny, well-known generator, fixed here so that sizes
-/// never change with a dependency's version.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// The files a spec produces, in path order (pure; no I/O).
 pub fn plan(spec: &DatasetSpec) -> Vec<PlannedFile> {
     let mut files = Vec::with_capacity(spec.big_files + spec.small_files);
@@ -82,14 +69,14 @@ pub fn plan(spec: &DatasetSpec) -> Vec<PlannedFile> {
             size: spec.big_file_size,
         });
     }
-    let mut rng = SplitMix64(spec.seed ^ 0x5eed_5eed_5eed_5eed);
+    let mut rng = SplitMix64::new(spec.seed ^ 0x5eed_5eed_5eed_5eed);
     let (lo, hi) = (
         spec.small_file_min.min(spec.small_file_max),
         spec.small_file_min.max(spec.small_file_max),
     );
     let dirs = spec.small_dirs.max(1);
     for i in 0..spec.small_files {
-        let size = lo + rng.next() % (hi - lo + 1);
+        let size = lo + rng.next_u64() % (hi - lo + 1);
         files.push(PlannedFile {
             path: format!("small/d{:03}/f{i:06}.bin", i % dirs),
             size,
