@@ -24,7 +24,7 @@ use kube::runtime::finalizer::{Error as FinalizerError, Event, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use swarmseed_agent::origin::{OriginClient, OriginOptions};
+use swarmseed_agent::origin::{OriginClient, OriginOptions, WeakValidators};
 use swarmseed_proto::layout::default_chunk_size;
 use swarmseed_proto::{ChunkLayout, pb};
 
@@ -145,6 +145,8 @@ struct Listed {
     relist: Option<String>,
     layout: Arc<ChunkLayout>,
     origin: pb::Origin,
+    /// Files only a weak validator pins at the origin.
+    weak_validators: WeakValidators,
 }
 
 /// Watch-fed caches of the Nodes and agent Pods every reconcile reads
@@ -742,6 +744,8 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
         total_bytes: layout.total_bytes(),
         files: layout.files().len() as u64,
         chunk_size: layout.chunk_size(),
+        weak_validators: listed.weak_validators.clone(),
+        digest_pinned: spec.pinned_digest.is_some(),
     };
 
     let (mut views, others) = discover(ds, ctx, &ns, &name).await?;
@@ -1032,6 +1036,7 @@ async fn list_source(
             );
         }
     };
+    let weak_validators = listing.weak_validators.clone();
     let total: u64 = listing.files.iter().map(|f| f.size).sum();
     let layout = match ChunkLayout::new(
         listing.files,
@@ -1050,8 +1055,20 @@ async fn list_source(
         relist,
         layout: Arc::new(layout),
         origin,
+        weak_validators,
     };
     ctx.memo(key, |m| m.listed = Some(listed.clone()));
+    if ds.spec.digest.is_none()
+        && let Some(message) = listed.weak_validators.message()
+    {
+        ctx.event(
+            &ds.object_ref(&()),
+            EventType::Warning,
+            reason::WEAK_VALIDATORS,
+            &message,
+        )
+        .await;
+    }
     let note = format!(
         "listed {} files, {} bytes in {} chunks: revision {}",
         listed.layout.files().len(),

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use swarmseed_agent::origin::WeakValidators;
 use swarmseed_proto::ContentDigest;
 use swarmseed_proto::pb::{self, DatasetState};
 
@@ -25,6 +26,10 @@ pub const MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// Present only where some file is pinned at the origin by a weak
+/// validator alone: `False` (`WeakValidators`) until `spec.digest` pins
+/// the content, then `True` (`DigestPinned`).
+pub const CONTENT_PINNED: &str = "ContentPinned";
 
 /// Machine-readable condition reasons.
 pub mod reason {
@@ -40,6 +45,10 @@ pub mod reason {
     /// The operator cannot read the Dataset at all (a value its types
     /// cannot hold); the message names the field.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Some files are pinned at the origin only by a weak validator.
+    pub const WEAK_VALIDATORS: &str = "WeakValidators";
+    /// `spec.digest` pins the content whatever the validators.
+    pub const DIGEST_PINNED: &str = "DigestPinned";
     /// The Dataset is being deleted.
     pub const TERMINATING: &str = "Terminating";
     /// The deletion waits for nodes whose agent runs but cannot be reached.
@@ -77,13 +86,18 @@ pub enum NodeReport {
 }
 
 /// The revision being held, from the source listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RevisionInfo {
     /// Hex revision id.
     pub revision: String,
     pub total_bytes: u64,
     pub files: u64,
     pub chunk_size: u64,
+    /// The files only a weak validator pins at the origin (none where
+    /// every file is pinned by content or version).
+    pub weak_validators: WeakValidators,
+    /// Whether `spec.digest` pins the content.
+    pub digest_pinned: bool,
 }
 
 pub struct StatusInput<'a> {
@@ -334,6 +348,27 @@ pub fn compute(input: &StatusInput<'_>) -> DatasetStatus {
         }
     }
 
+    if let Some(r) = rev
+        && let Some(message) = r.weak_validators.message()
+    {
+        if r.digest_pinned {
+            let message = format!(
+                "{} file(s) are pinned at the origin only by a weak validator; spec.digest pins \
+                 the content: a file rewritten in place is refused (DigestMismatch), never \
+                 published",
+                r.weak_validators.count
+            );
+            conditions.push((CONTENT_PINNED, true, reason::DIGEST_PINNED.into(), message));
+        } else {
+            conditions.push((
+                CONTENT_PINNED,
+                false,
+                reason::WEAK_VALIDATORS.into(),
+                message,
+            ));
+        }
+    }
+
     failed.truncate(MAX_FAILED_NODES);
     let previous = input.previous;
     let conditions = conditions
@@ -535,6 +570,7 @@ mod tests {
             total_bytes: 4 << 30,
             files: 3,
             chunk_size: 1 << 20,
+            ..RevisionInfo::default()
         }
     }
 
@@ -597,6 +633,62 @@ mod tests {
 
     fn cond<'a>(s: &'a DatasetStatus, t: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    /// An HTTP origin whose ETags are made of modification time and size
+    /// published a file rewritten in place, a file that never existed at the
+    /// origin: the status says which files only such a validator pins, and
+    /// the remedy; with `spec.digest` set it says the content is pinned.
+    #[test]
+    fn files_pinned_by_a_weak_validator_are_named_with_the_remedy() {
+        let ready = nodes(vec![progress(DatasetState::Ready, 1, 0)]);
+        let status = |weak: usize, digest_pinned: bool| {
+            let r = RevisionInfo {
+                weak_validators: WeakValidators {
+                    count: weak,
+                    examples: (0..weak.min(3)).map(|i| format!("f{i}.bin")).collect(),
+                },
+                digest_pinned,
+                ..rev()
+            };
+            compute(&StatusInput {
+                namespace: "ml",
+                name: "llama",
+                selector: "gpu=true",
+                generation: Some(3),
+                nodes: &ready,
+                revision: Some(&r),
+                problem: None,
+                previous: None,
+                now: at(0),
+            })
+        };
+        let strong = status(0, false);
+        assert!(strong.conditions.iter().all(|c| c.type_ != CONTENT_PINNED));
+        let weak = status(5, false);
+        let c = cond(&weak, CONTENT_PINNED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "WeakValidators")
+        );
+        assert!(
+            c.message
+                .starts_with("5 file(s) (f0.bin, f1.bin, f2.bin, ...) are pinned only"),
+            "{}",
+            c.message
+        );
+        assert!(c.message.contains("spec.digest"), "{}", c.message);
+        assert_eq!(
+            cond(&weak, READY).status,
+            "True",
+            "a warning, not a failure"
+        );
+        let pinned = status(5, true);
+        let c = cond(&pinned, CONTENT_PINNED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "DigestPinned")
+        );
     }
 
     /// A 40 s origin outage mid-seed showed `Progressing=True Seeding`,

@@ -128,6 +128,7 @@ async fn kubectl_applies_the_crd_and_shows_dataset_progress() {
         total_bytes: 4 << 30,
         files: 3,
         chunk_size: 4 << 20,
+        ..RevisionInfo::default()
     };
     let nodes: BTreeMap<String, NodeReport> = [
         ("gpu-1".to_owned(), ready(2 << 30, 2 << 30, &revision)),

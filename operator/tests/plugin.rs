@@ -179,6 +179,7 @@ async fn report(api: &Api<Dataset>, name: &str, nodes: Vec<(&str, NodeReport)>) 
             total_bytes: 4 * GIB,
             files: 3,
             chunk_size: 4 << 20,
+            ..RevisionInfo::default()
         }),
         problem: None,
         previous: ds.status.as_ref(),

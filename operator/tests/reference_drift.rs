@@ -70,6 +70,7 @@ fn the_docs_and_the_dashboard_name_the_exported_metrics() {
     let reason = swarmseed_agent::metrics::ReasonLabels { reason: "io" };
     agent.peers_dropped.get_or_create(&reason).inc();
     agent.origin_errors.get_or_create(&reason).inc();
+    agent.peer_handshakes_failed.get_or_create(&reason).inc();
     let mut exposition = String::new();
     prometheus_client::encoding::text::encode(&mut exposition, &registry).unwrap();
     // `# TYPE <family> <type>`; a counter's samples are `<family>_total`.

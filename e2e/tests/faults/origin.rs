@@ -351,6 +351,22 @@ async fn origin_changed_before_read() {
     replace(&src.join("z-last.bin"), 3);
     let message = degraded(&c, "before", "SourceChanged", Duration::from_secs(40)).await;
     assert!(message.contains("z-last.bin"), "{message:?}");
+    // The origin's ETags are made of size and modification time: the
+    // Dataset says which files only they pin, and the remedy.
+    let (status, reason, message) = condition(&c, "before", "ContentPinned")
+        .await
+        .expect("a ContentPinned condition");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "WeakValidators"),
+        "{message}"
+    );
+    assert!(
+        message
+            .starts_with("2 file(s) (a-first.bin, z-last.bin) are pinned only by a weak validator")
+            && message.contains("spec.digest"),
+        "{message}"
+    );
     relist_recovers(&c, "before", &src).await;
     eprintln!(
         "origin_changed_before_read: {:.1} s",

@@ -13,5 +13,9 @@ async fn soak() {
     }
     let cfg = SoakConfig::from_env().unwrap();
     let report = run(cfg).await.unwrap();
+    // Past the test harness's capture, so that every run's log (CI's too)
+    // keeps the seed, the faults and the checks, passing or not.
+    use std::io::Write as _;
+    let _ = write!(std::io::stderr(), "{}", report.summary());
     report.assert_clean();
 }
