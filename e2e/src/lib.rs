@@ -1,6 +1,5 @@
-//! Owns the `e2e` command line's own parts: the demo, the fault matrix and
-//! its soak, hostile peers and the stub agent, on the harness's cluster.
-//! Never holds cluster plumbing (`swarmseed_harness`) or benchmarks.
+//! Owns the `e2e` command's own parts on the harness's cluster: the demo, the fault matrix and soak, hostile peers, the stub agent.
+//! Never holds cluster plumbing (that is `swarmseed_harness`) or benchmarks (`swarmseed_bench`).
 //!
 //! - [`demo`]: the product end to end on one machine (`e2e demo`).
 //! - [`faults`]: the fault matrix's rows and the seeded chaos soak.
