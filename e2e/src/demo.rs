@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use swarmseed_proto::pb;
 
-use crate::origin::dataset::{DatasetSpec, generate_dataset, tree_digest};
-use crate::seeding::{Binaries, SeedCluster};
-use crate::{ClusterSpec, NetworkMode};
+use swarmseed_harness::origin::dataset::{DatasetSpec, generate_dataset, tree_digest};
+use swarmseed_harness::seeding::{Binaries, SeedCluster};
+use swarmseed_harness::size::parse_size;
+use swarmseed_harness::{ClusterSpec, NetworkMode};
 
 /// The demo's Dataset manifest; `${ORIGIN}` stands for the origin's
 /// `host:port`.
@@ -48,24 +49,6 @@ pub struct DemoArgs {
     /// Give up if the Dataset is not Ready after this long.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-}
-
-/// `1GiB`, `300MiB`, `4096` (bytes).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 1GiB"))?;
-    let mult = match unit {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => return Err(format!("{s:?} is not a size like 1GiB")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too big"))
 }
 
 /// A model-like dataset of about `size` bytes: three big "shards" and
@@ -338,14 +321,6 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_like_the_help_says() {
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("300MiB"), Ok(300 << 20));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("1GB").is_err());
-    }
 
     #[test]
     fn the_example_names_the_demo_dataset_and_origin() {

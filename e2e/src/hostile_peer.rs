@@ -19,7 +19,7 @@ use swarmseed_agent::wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::error::{Error, Result};
+use swarmseed_harness::error::{Error, Result};
 
 /// How a connection behaves after it is accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

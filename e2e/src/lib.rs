@@ -1,82 +1,16 @@
-//! swarmseed's test cluster.
+//! Owns the `e2e` command's own parts on the harness's cluster: the demo, the fault matrix and soak, hostile peers, the stub agent.
+//! Never holds cluster plumbing (that is `swarmseed_harness`) or benchmarks (`swarmseed_bench`).
 //!
-//! - [`cluster`]: N nodes as network namespaces on a bridge (or loopback
-//!   addresses without root), each with its own hostPath root and agent
-//!   process, `tc`-shaped links, and the Kubernetes API stand-in holding
-//!   the Node and agent Pod objects.
-//! - [`origin`]: an HTTP origin with ranges and nginx-style JSON listings,
-//!   moto's S3 behind a counting proxy, and deterministic datasets with
-//!   tree comparison.
-//! - [`agent_api`]: the agents' control API, called with the control token.
-//! - [`netbench`]: TCP throughput between nodes.
+//! - [`demo`]: the product end to end on one machine (`e2e demo`).
+//! - [`faults`]: the fault matrix's rows and the seeded chaos soak.
 //! - [`hostile_peer`]: clients of an agent's peer port that never
 //!   authenticate (`e2e hostile-peer`).
-//! - [`scalebench`]: the operator against the API stand-in and hundreds
-//!   of simulated agents (`e2e bench-scale`).
+//! - [`stub_agent`]: a stand-in for the agent (`e2e stub-agent`).
 //!
-//! The `e2e` binary exposes the same pieces as subcommands.
+//! The `e2e` binary exposes these, the harness's pieces and the
+//! benchmarks (`swarmseed_bench`) as subcommands.
 
-pub mod agent_api;
-pub mod apiserver;
-pub mod bench;
-pub mod cluster;
-pub mod cmd;
 pub mod demo;
-pub mod disk;
-pub mod error;
 pub mod faults;
 pub mod hostile_peer;
-pub mod kube_objects;
-pub mod naming;
-pub mod netbench;
-pub mod netns;
-pub mod origin;
-pub mod peerbench;
-pub mod process;
-pub mod rng;
-pub mod scalebench;
-pub mod seeding;
 pub mod stub_agent;
-
-/// Selects rustls' process-wide crypto provider (idempotent). Needed
-/// because kube enables rustls' `ring` backend and object_store's reqwest
-/// enables `aws-lc-rs`: with both compiled in, rustls refuses to guess, and
-/// the first TLS-capable client panics.
-pub fn init_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
-/// Binds a TCP listener and reports the address it got (port 0: any).
-pub(crate) async fn bind_tcp(
-    addr: std::net::SocketAddr,
-) -> Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::network(format!("bind {addr}"), e))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| Error::network(format!("local address of {addr}"), e))?;
-    Ok((listener, local))
-}
-
-pub use cluster::{
-    Cluster, ClusterNode, ClusterSpec, LinkEnd, NetworkMode, NodeSpec, Placement, RemoteHttpOrigin,
-};
-pub use error::{Error, Result};
-pub use kube_objects::AgentPorts;

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use swarmseed_e2e::cluster::{Cluster, ClusterSpec, NetworkMode, find_e2e_binary};
-use swarmseed_e2e::origin::http::{OriginCounters, serve};
-use swarmseed_e2e::origin::proxy::TcpProxy;
-use swarmseed_e2e::{apiserver, netbench, shutdown_signal, stub_agent};
+use swarmseed_bench::net;
+use swarmseed_e2e::stub_agent;
+use swarmseed_harness::cluster::{Cluster, ClusterSpec, NetworkMode, find_e2e_binary};
+use swarmseed_harness::origin::http::{OriginCounters, serve};
+use swarmseed_harness::origin::proxy::TcpProxy;
+use swarmseed_harness::{apiserver, shutdown_signal};
 
 /// swarmseed's test cluster: the Kubernetes API stand-in, nodes in network
 /// namespaces with shaped links, origins that count what they serve.
@@ -51,18 +53,18 @@ enum Command {
     /// Benchmark: one agent pulling a dataset from one peer over loopback,
     /// against raw TCP on loopback in the same run (throughput, flush time,
     /// peak RSS).
-    PeerBench(swarmseed_e2e::peerbench::PeerBenchArgs),
+    PeerBench(swarmseed_bench::peer::PeerBenchArgs),
     /// Benchmark: seed a generated dataset through kubectl, the operator and
     /// the agents on N nodes with shaped links; report the makespan against
     /// the Kumar–Ross bound T*, origin bytes, a naive every-node-downloads
     /// baseline, one peer link against raw TCP, peak RSS, CPU and disk.
-    Bench(swarmseed_e2e::bench::BenchArgs),
+    Bench(swarmseed_bench::seed::BenchArgs),
     /// Benchmark: the control plane at scale. The real operator against
     /// the API stand-in, N simulated agents (in-process fakes of the agent
     /// control API) and M Datasets selecting every node; reports the
     /// operator's peak RSS and CPU, status writes per second per Dataset,
     /// and the time from the last agent turning Ready to `Ready=True`.
-    BenchScale(swarmseed_e2e::scalebench::ScaleBenchArgs),
+    BenchScale(swarmseed_bench::scale::ScaleBenchArgs),
     /// The seeded chaos soak of the fault matrix (needs root): 3 Datasets
     /// on 4 nodes, random agent kills, operator kills, partitions, origin
     /// outages and delete+recreate, invariants checked every second; prints
@@ -198,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    swarmseed_e2e::init_crypto();
+    swarmseed_harness::init_crypto();
     let cli = Cli::parse();
     match cli.command {
         Command::Demo(args) => swarmseed_e2e::demo::run(args, shutdown_signal()).await?,
@@ -229,14 +231,14 @@ async fn main() -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("bind {listen}"))?;
-                netbench::serve(listener, count, warmup).await?;
+                net::serve(listener, count, warmup).await?;
             }
             NetbenchRole::Send {
                 connect,
                 duration,
                 connect_wait,
             } => {
-                let r = netbench::send(connect, duration, connect_wait).await?;
+                let r = net::send(connect, duration, connect_wait).await?;
                 println!("{}", serde_json::to_string(&r)?);
             }
         },
@@ -247,12 +249,12 @@ async fn main() -> anyhow::Result<()> {
         Command::StubAgent(args) => stub_agent::run(args).await?,
         Command::PeerBench(args) => {
             let json = args.json;
-            let report = swarmseed_e2e::peerbench::run(args).await?;
-            swarmseed_e2e::peerbench::print(&report, json)?;
+            let report = swarmseed_bench::peer::run(args).await?;
+            swarmseed_bench::peer::print(&report, json)?;
         }
-        Command::Bench(args) => swarmseed_e2e::bench::main(args, shutdown_signal()).await?,
+        Command::Bench(args) => swarmseed_bench::seed::main(args, shutdown_signal()).await?,
         Command::BenchScale(args) => {
-            swarmseed_e2e::scalebench::main(args, shutdown_signal()).await?;
+            swarmseed_bench::scale::main(args, shutdown_signal()).await?;
         }
         Command::Soak(args) => run_soak(args).await?,
     }

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use crate::error::{Error, Result};
+use swarmseed_harness::error::{Error, Result};
 
 /// The agent's flags (see the agent's `--help`).
 #[derive(Debug, Clone, clap::Args)]
@@ -36,7 +36,7 @@ pub struct StubAgentArgs {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    Ok(crate::bind_tcp(addr).await?.0)
+    Ok(swarmseed_harness::bind_tcp(addr).await?.0)
 }
 
 /// Runs until killed.

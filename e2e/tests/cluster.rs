@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
-use swarmseed_e2e::kube_objects::{AGENT_NAMESPACE, agent_pod_name};
-use swarmseed_e2e::naming::{AddressMode, pid_alive};
-use swarmseed_e2e::netbench::NetbenchResult;
-use swarmseed_e2e::netns::{list_links, list_netns};
-use swarmseed_e2e::process::ChildSpec;
-use swarmseed_e2e::{Cluster, ClusterSpec, NetworkMode, Placement};
+use swarmseed_bench::net::NetbenchResult;
+use swarmseed_harness::kube_objects::{AGENT_NAMESPACE, agent_pod_name};
+use swarmseed_harness::naming::{AddressMode, pid_alive};
+use swarmseed_harness::netns::{list_links, list_netns};
+use swarmseed_harness::process::ChildSpec;
+use swarmseed_harness::{Cluster, ClusterSpec, NetworkMode, Placement};
 
 const E2E: &str = env!("CARGO_BIN_EXE_e2e");
 
@@ -312,16 +312,17 @@ async fn start_sweeps_leftovers_of_dead_owners_only() {
     }
     // Leftovers "owned" by a pid that does not run, and a live owner's.
     let dead = (4_000_000..4_194_304).find(|p| !pid_alive(*p)).unwrap();
-    let stale = swarmseed_e2e::naming::ClusterNames::new(dead, 7);
-    let live = swarmseed_e2e::naming::ClusterNames::new(std::process::id(), 1295);
-    let ip =
-        |args: &[&str]| swarmseed_e2e::cmd::run("ip", args, swarmseed_e2e::cmd::SHORT).unwrap();
+    let stale = swarmseed_harness::naming::ClusterNames::new(dead, 7);
+    let live = swarmseed_harness::naming::ClusterNames::new(std::process::id(), 1295);
+    let ip = |args: &[&str]| {
+        swarmseed_harness::cmd::run("ip", args, swarmseed_harness::cmd::SHORT).unwrap()
+    };
     ip(&["netns", "add", &stale.node_netns(0)]);
     ip(&["link", "add", &stale.bridge(), "type", "bridge"]);
     ip(&["link", "add", &live.bridge(), "type", "bridge"]);
     // Another test's cluster start may sweep concurrently, so check the
     // outcome rather than who removed what.
-    swarmseed_e2e::netns::sweep_stale();
+    swarmseed_harness::netns::sweep_stale();
     let still_links = list_links().unwrap();
     let still_ns = list_netns().unwrap();
     // Clean up the live one before asserting, so a failure leaves nothing.
@@ -352,7 +353,7 @@ async fn unprivileged_cluster_falls_back_to_loopback_and_says_why() {
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = bin.to_str().unwrap();
     let mut cmd = if is_root() {
-        if !swarmseed_e2e::cmd::on_path("setpriv") {
+        if !swarmseed_harness::cmd::on_path("setpriv") {
             eprintln!("SKIP: setpriv missing, cannot drop privileges");
             return;
         }

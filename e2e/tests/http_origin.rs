@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MATCH, LOCATION, RANGE};
-use swarmseed_e2e::origin::http::ListingEntry;
-use swarmseed_e2e::origin::{
+use swarmseed_harness::origin::http::ListingEntry;
+use swarmseed_harness::origin::{
     DatasetSpec, HttpOrigin, OriginStats, fetch_stats, generate_dataset, reset_stats,
 };
 

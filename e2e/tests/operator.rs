@@ -15,9 +15,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
-use swarmseed_e2e::origin::dataset::{DatasetSpec, generate_dataset, tree_digest};
-use swarmseed_e2e::seeding::{Binaries, SeedCluster, condition, dataset_yaml};
-use swarmseed_e2e::{ClusterSpec, NodeSpec};
+use swarmseed_harness::origin::dataset::{DatasetSpec, generate_dataset, tree_digest};
+use swarmseed_harness::seeding::{Binaries, SeedCluster, condition, dataset_yaml};
+use swarmseed_harness::{ClusterSpec, NodeSpec};
 
 const MIB: u64 = 1 << 20;
 const NS: &str = "ml";
@@ -47,7 +47,7 @@ fn spec_4_nodes(gpu: &[usize]) -> ClusterSpec {
 }
 
 async fn start(gpu: &[usize]) -> SeedCluster {
-    swarmseed_e2e::init_crypto();
+    swarmseed_harness::init_crypto();
     let bins = Binaries::beside_e2e().unwrap();
     let c = SeedCluster::start(spec_4_nodes(gpu), bins).await.unwrap();
     c.kubectl(&["create", "namespace", NS]).await.unwrap();

@@ -16,9 +16,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use swarmseed_e2e::ClusterSpec;
-use swarmseed_e2e::origin::dataset::{DatasetSpec, generate_dataset};
-use swarmseed_e2e::seeding::{Binaries, SeedCluster, dataset_yaml};
+use swarmseed_harness::ClusterSpec;
+use swarmseed_harness::origin::dataset::{DatasetSpec, generate_dataset};
+use swarmseed_harness::seeding::{Binaries, SeedCluster, dataset_yaml};
 
 const MIB: u64 = 1 << 20;
 const NS: &str = "ml";
@@ -211,7 +211,7 @@ fn plugin_dir(bins: &Binaries) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_watch_on_a_terminal_shows_every_node_moving_to_ready() {
-    swarmseed_e2e::init_crypto();
+    swarmseed_harness::init_crypto();
     let bins = Binaries::beside_e2e().unwrap();
     let plugin_dir = plugin_dir(&bins);
     let mut spec = ClusterSpec::new(NODES.len(), &bins.agent);

@@ -28,11 +28,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
-use swarmseed_e2e::apiserver::AuditRecord;
-use swarmseed_e2e::kube_objects::AGENT_NAMESPACE;
-use swarmseed_e2e::origin::dataset::{DatasetSpec, generate_dataset};
-use swarmseed_e2e::seeding::{Binaries, OPERATOR_USER, SeedCluster, dataset_yaml};
-use swarmseed_e2e::{ClusterSpec, NodeSpec};
+use swarmseed_harness::apiserver::AuditRecord;
+use swarmseed_harness::kube_objects::AGENT_NAMESPACE;
+use swarmseed_harness::origin::dataset::{DatasetSpec, generate_dataset};
+use swarmseed_harness::seeding::{Binaries, OPERATOR_USER, SeedCluster, dataset_yaml};
+use swarmseed_harness::{ClusterSpec, NodeSpec};
 
 /// The chart's release namespace: the harness runs the agent Pods and the
 /// leader Lease there, as the chart does.
@@ -231,7 +231,7 @@ fn names(list: &[&str]) -> BTreeSet<String> {
 /// Drives the operators through every code path that talks to the API;
 /// returns the requests they made.
 async fn operator_requests() -> Vec<AuditRecord> {
-    swarmseed_e2e::init_crypto();
+    swarmseed_harness::init_crypto();
     let bins = Binaries::beside_e2e().unwrap();
     let mut spec = ClusterSpec::new(3, &bins.agent);
     spec.nodes = (0..3)

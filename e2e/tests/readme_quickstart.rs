@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use swarmseed_e2e::naming::{parse_owner_pid, pid_alive};
-use swarmseed_e2e::netns::{list_links, list_netns, sweep_stale};
+use swarmseed_harness::naming::{parse_owner_pid, pid_alive};
+use swarmseed_harness::netns::{list_links, list_netns, sweep_stale};
 
 const E2E: &str = env!("CARGO_BIN_EXE_e2e");
 const NODES: [&str; 4] = ["node-0", "node-1", "node-2", "node-3"];

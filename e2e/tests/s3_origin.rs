@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
-use swarmseed_e2e::origin::s3::upload_dir;
-use swarmseed_e2e::origin::{DatasetSpec, S3Origin, S3OriginSpec, generate_dataset, tree_digest};
+use swarmseed_harness::origin::s3::upload_dir;
+use swarmseed_harness::origin::{
+    DatasetSpec, S3Origin, S3OriginSpec, generate_dataset, tree_digest,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_origin_serves_uploaded_tree_with_ranges_and_counts_bytes() {
-    if !swarmseed_e2e::cmd::on_path("python3") {
+    if !swarmseed_harness::cmd::on_path("python3") {
         eprintln!("SKIP: python3 not installed (run e2e/setup.sh)");
         return;
     }

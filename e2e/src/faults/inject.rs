@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use super::setup::FaultCluster;
 use super::world::LEASE_TAKEOVER;
-use crate::LinkEnd;
-use crate::error::{Error, Result};
+use swarmseed_harness::LinkEnd;
+use swarmseed_harness::error::{Error, Result};
 
 impl FaultCluster {
     /// SIGKILL of the agent on `node`; its Pod turns not Ready.

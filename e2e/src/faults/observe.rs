@@ -15,8 +15,8 @@ use kube::api::{Api, DynamicObject, ListParams};
 use serde::Deserialize;
 
 use super::world::SharedWorld;
-use crate::origin::tree_digest;
-use crate::seeding::{SeedCluster, dataset_resource};
+use swarmseed_harness::origin::tree_digest;
+use swarmseed_harness::seeding::{SeedCluster, dataset_resource};
 
 /// Bound on each API call of an observation.
 const API_TIMEOUT: Duration = Duration::from_secs(10);

@@ -13,8 +13,8 @@ use super::observe::Observer;
 use super::report::Report;
 use super::setup::{FaultCluster, FaultSetup};
 use super::world::SharedWorld;
-use crate::error::Result;
-use crate::seeding::SeedCluster;
+use swarmseed_harness::error::Result;
+use swarmseed_harness::seeding::SeedCluster;
 
 /// How long the final check may wait for the cluster to settle.
 pub const SETTLE: Duration = Duration::from_secs(45);

@@ -11,10 +11,10 @@ use serde_json::Value;
 
 use super::observe::{DatasetView, Observer};
 use super::world::SharedWorld;
-use crate::error::{Error, Result};
-use crate::origin::{DatasetSpec, generate_dataset, tree_digest};
-use crate::seeding::{Binaries, SeedCluster, dataset_yaml};
-use crate::{ClusterSpec, NetworkMode, RemoteHttpOrigin};
+use swarmseed_harness::error::{Error, Result};
+use swarmseed_harness::origin::{DatasetSpec, generate_dataset, tree_digest};
+use swarmseed_harness::seeding::{Binaries, SeedCluster, dataset_yaml};
+use swarmseed_harness::{ClusterSpec, NetworkMode, RemoteHttpOrigin};
 
 /// The agents' timeouts in the fault rows: short, so that a fault shows
 /// within seconds (the defaults are 30 s and 60 s).
@@ -72,7 +72,7 @@ pub struct Source {
     /// `http://<origin>:8080/<name>/`.
     pub uri: String,
     pub dir: PathBuf,
-    /// [`crate::origin::TreeDigest::root`] of its files.
+    /// [`swarmseed_harness::origin::TreeDigest::root`] of its files.
     pub root: String,
     pub total_bytes: u64,
 }
@@ -101,8 +101,8 @@ impl FaultCluster {
     /// Starts the cluster, the operator and the origin. `Ok(None)` without
     /// root: cutting links needs network namespaces (the reason is printed).
     pub async fn start(setup: FaultSetup) -> Result<Option<Self>> {
-        crate::init_crypto();
-        if let Some(why) = crate::netns::unavailable_reason() {
+        swarmseed_harness::init_crypto();
+        if let Some(why) = swarmseed_harness::netns::unavailable_reason() {
             eprintln!("SKIP: fault rows need network namespaces ({why})");
             return Ok(None);
         }
@@ -252,7 +252,7 @@ impl FaultCluster {
         let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
             self.seed.cluster.client(),
             ns,
-            &crate::seeding::dataset_resource(),
+            &swarmseed_harness::seeding::dataset_resource(),
         );
         let obj = tokio::time::timeout(Duration::from_secs(10), api.get_opt(name))
             .await

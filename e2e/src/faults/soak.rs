@@ -18,9 +18,9 @@ use super::monitor::Monitor;
 use super::report::Report;
 use super::row::conclude;
 use super::setup::{FaultCluster, FaultSetup, Source};
-use crate::error::{Error, Result};
-use crate::origin::DatasetSpec;
-use crate::rng::SplitMix64;
+use swarmseed_harness::error::{Error, Result};
+use swarmseed_harness::origin::DatasetSpec;
+use swarmseed_harness::rng::SplitMix64;
 
 /// Namespace of the soak's Datasets.
 pub const NAMESPACE: &str = "soak";

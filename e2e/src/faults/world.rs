@@ -43,7 +43,7 @@ pub struct World {
     /// Since when an operator can act (`None`: none runs). A replacement of
     /// a killed operator counts from the end of its Lease wait.
     pub control_since: Option<Instant>,
-    /// The tree digests ([`crate::origin::TreeDigest::root`]) a Dataset's
+    /// The tree digests ([`swarmseed_harness::origin::TreeDigest::root`]) a Dataset's
     /// published copies may have: its origin's content.
     pub expected: BTreeMap<DatasetKey, BTreeSet<String>>,
     /// Directories the harness writes (origins), with the files it wrote

@@ -23,12 +23,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use swarmseed_e2e::agent_api::{self, AgentControl, Bearer};
-use swarmseed_e2e::cluster::RemoteHttpOrigin;
 use swarmseed_e2e::hostile_peer::HostileReport;
-use swarmseed_e2e::netns;
-use swarmseed_e2e::seeding::Binaries;
-use swarmseed_e2e::{Cluster, ClusterSpec, NetworkMode, Placement};
+use swarmseed_harness::agent_api::{self, AgentControl, Bearer};
+use swarmseed_harness::cluster::RemoteHttpOrigin;
+use swarmseed_harness::netns;
+use swarmseed_harness::seeding::Binaries;
+use swarmseed_harness::{Cluster, ClusterSpec, NetworkMode, Placement};
 use swarmseed_proto::pb;
 
 const MIB: u64 = 1 << 20;
@@ -63,7 +63,7 @@ async fn victim(bytes: u64) -> Option<Victim> {
         return None;
     }
     let one_at_a_time = ONE_AT_A_TIME.lock().await;
-    swarmseed_e2e::init_crypto();
+    swarmseed_harness::init_crypto();
     let bins = Binaries::beside_e2e().unwrap();
     let mut spec = ClusterSpec::new(3, &bins.agent);
     spec.e2e_binary = Some(bins.e2e.clone());
@@ -73,7 +73,7 @@ async fn victim(bytes: u64) -> Option<Victim> {
     let mut cluster = Cluster::start(spec).await.unwrap();
 
     let data = cluster.work_dir().join("origin-data");
-    swarmseed_e2e::peerbench::write_random(&data.join("weights.bin"), bytes, 18).unwrap();
+    swarmseed_bench::peer::write_random(&data.join("weights.bin"), bytes, 18).unwrap();
     let origin = cluster.start_http_origin(&data, 8080).await.unwrap();
     let origin_pb = pb::Origin {
         uri: format!("{}/", origin.url()),

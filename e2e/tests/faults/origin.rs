@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use swarmseed_e2e::origin::s3::{ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
-use swarmseed_e2e::origin::tree_digest;
-use swarmseed_e2e::seeding::{Binaries, SeedCluster, dataset_yaml};
-use swarmseed_e2e::{ClusterSpec, NetworkMode};
+use swarmseed_harness::origin::s3::{ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
+use swarmseed_harness::origin::tree_digest;
+use swarmseed_harness::seeding::{Binaries, SeedCluster, dataset_yaml};
+use swarmseed_harness::{ClusterSpec, NetworkMode};
 
 const NS: &str = "faults";
 const MIB: usize = 1 << 20;
@@ -26,11 +26,11 @@ const MIB: usize = 1 << 20;
 /// Three nodes with the real agents and operator, or `None` (SKIP) where
 /// namespaces cannot be made.
 async fn cluster(row: &str) -> Option<SeedCluster> {
-    if let Some(reason) = swarmseed_e2e::netns::unavailable_reason() {
+    if let Some(reason) = swarmseed_harness::netns::unavailable_reason() {
         eprintln!("SKIP {row}: {reason}");
         return None;
     }
-    swarmseed_e2e::init_crypto();
+    swarmseed_harness::init_crypto();
     let bins = Binaries::beside_e2e().unwrap();
     let mut spec = ClusterSpec::new(3, &bins.agent);
     spec.network = NetworkMode::Namespaces;
@@ -279,7 +279,7 @@ async fn http_source(
     c: &mut SeedCluster,
     dir: &str,
     files: &[(&str, usize, u8)],
-) -> (PathBuf, swarmseed_e2e::RemoteHttpOrigin) {
+) -> (PathBuf, swarmseed_harness::RemoteHttpOrigin) {
     let src = c.cluster.work_dir().join(dir);
     std::fs::create_dir_all(&src).unwrap();
     for (name, len, seed) in files {

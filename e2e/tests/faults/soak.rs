@@ -7,7 +7,7 @@ use swarmseed_e2e::faults::soak::{SoakConfig, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak() {
-    if let Some(why) = swarmseed_e2e::netns::unavailable_reason() {
+    if let Some(why) = swarmseed_harness::netns::unavailable_reason() {
         eprintln!("SKIP: the soak needs network namespaces ({why})");
         return;
     }

@@ -9,7 +9,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::json;
 use swarmseed_e2e::faults::{DatasetView, FaultSetup, Row, label_key, small_source};
-use swarmseed_e2e::origin::DatasetSpec;
+use swarmseed_harness::origin::DatasetSpec;
 
 use crate::{NS, expect_dataset, spec};
 

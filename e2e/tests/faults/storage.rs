@@ -5,9 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use swarmseed_e2e::ClusterSpec;
-use swarmseed_e2e::origin::dataset::{DatasetSpec, generate_dataset, tree_digest};
-use swarmseed_e2e::seeding::{Binaries, SeedCluster, condition, dataset_yaml};
+use swarmseed_harness::ClusterSpec;
+use swarmseed_harness::origin::dataset::{DatasetSpec, generate_dataset, tree_digest};
+use swarmseed_harness::seeding::{Binaries, SeedCluster, condition, dataset_yaml};
 
 const MIB: u64 = 1 << 20;
 const NS: &str = "ml";
@@ -18,7 +18,7 @@ const FULL: &str = "node-2";
 /// every node is an origin fetcher (maxFetchers defaults to 4), and one
 /// that stops answering is replaced by the origin after 5 s.
 async fn start(disk: Option<u64>) -> SeedCluster {
-    swarmseed_e2e::init_crypto();
+    swarmseed_harness::init_crypto();
     let bins = Binaries::beside_e2e().unwrap();
     let mut spec = ClusterSpec::new(3, &bins.agent);
     spec.link_mbit = Some(1000);

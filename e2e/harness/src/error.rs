@@ -1,4 +1,4 @@
-//! The one error type of the `swarmseed_e2e` library.
+//! The one error type of the `swarmseed_harness` library.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -62,11 +62,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             action,
             path: path.into(),
@@ -74,7 +70,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn network(action: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+    pub fn network(action: impl Into<String>, detail: impl std::fmt::Display) -> Self {
         Error::Network {
             action: action.into(),
             detail: detail.to_string(),

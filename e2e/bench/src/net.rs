@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::error::{Error, Result};
+use swarmseed_harness::error::{Error, Result};
 
 /// What the receiver measured for one connection.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]

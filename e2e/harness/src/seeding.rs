@@ -15,7 +15,7 @@ use crate::process::ChildSpec;
 use crate::{Cluster, ClusterSpec, Placement};
 
 /// The Dataset CRD, as `crds/` holds it.
-pub const DATASET_CRD: &str = include_str!("../../crds/datasets.swarmseed.io.yaml");
+pub const DATASET_CRD: &str = include_str!("../../../crds/datasets.swarmseed.io.yaml");
 
 /// The user the operators act as: the operator ServiceAccount of the Helm
 /// chart's default release (`swarmseed` in `swarmseed-system`). Their
@@ -327,6 +327,14 @@ pub fn condition<'a>(status: &'a serde_json::Value, type_: &str) -> Option<&'a s
         .as_array()?
         .iter()
         .find(|c| c["type"] == type_)
+}
+
+/// Whether a Dataset's `status` says `Ready=True`.
+pub fn is_ready(status: &serde_json::Value) -> bool {
+    status["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 /// A Dataset manifest.
