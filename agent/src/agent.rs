@@ -14,7 +14,8 @@ use tracing::{info, warn};
 use crate::attest::Identity;
 use crate::metrics::Metrics;
 use crate::origin::OriginError;
-use crate::peer_server::TransferLookup;
+use crate::peer_server::RevisionLookup;
+use crate::served::ServedRevision;
 use crate::store::{DatasetKey, NodeStore, Reuse, StoreError};
 use crate::transfer::{Transfer, TransferConfig};
 
@@ -95,7 +96,6 @@ pub struct Agent {
     metrics: Arc<Metrics>,
     cfg: Arc<TransferConfig>,
     peer_address: String,
-    corrupt_serving: bool,
     datasets: Mutex<HashMap<DatasetKey, Slot>>,
     /// Datasets found on the disk at start-up and not assigned since, with
     /// the uid of their saved assignment (empty when none was saved): the
@@ -111,7 +111,6 @@ impl Agent {
         metrics: Arc<Metrics>,
         cfg: TransferConfig,
         peer_address: String,
-        corrupt_serving: bool,
     ) -> std::io::Result<Arc<Self>> {
         let identity = Arc::new(Identity::load_or_create(&store.root().join("agent.key"))?);
         Ok(Arc::new(Self {
@@ -120,7 +119,6 @@ impl Agent {
             metrics,
             cfg: Arc::new(cfg),
             peer_address,
-            corrupt_serving,
             datasets: Mutex::new(HashMap::new()),
             resumed: Mutex::new(HashMap::new()),
             ops: tokio::sync::Mutex::new(()),
@@ -331,7 +329,6 @@ impl Agent {
             self.identity.clone(),
             self.metrics.clone(),
             self.cfg.clone(),
-            self.corrupt_serving,
         )?;
         self.persist(&key, &a).await?;
         let replaced = {
@@ -457,15 +454,15 @@ impl Agent {
     }
 }
 
-impl TransferLookup for Agent {
-    fn find(&self, key: &DatasetKey, revision: &RevisionId) -> Option<Arc<Transfer>> {
+impl RevisionLookup for Agent {
+    fn find(&self, key: &DatasetKey, revision: &RevisionId) -> Option<Arc<ServedRevision>> {
         let datasets = lock(&self.datasets);
         let slot = datasets.get(key)?;
         [Some(&slot.current), slot.previous.as_ref()]
             .into_iter()
             .flatten()
             .find(|t| t.revision() == *revision)
-            .cloned()
+            .map(|t| t.served().clone())
     }
 }
 
@@ -508,7 +505,6 @@ mod tests {
             Arc::new(Metrics::default()),
             TransferConfig::default(),
             "127.0.0.1:1".into(),
-            false,
         )
         .unwrap()
     }

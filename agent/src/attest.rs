@@ -17,9 +17,40 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use swarmseed_proto::pb;
 use swarmseed_proto::{ChunkDigest, RevisionId};
 
-use crate::store::ChunkRecord;
-
 const CONTEXT: &[u8] = b"swarmseed.io chunk attestation v1";
+
+/// One verified chunk as persisted: its digest and the attestation that
+/// lets peers accept it (see [`crate::attest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRecord {
+    pub index: u32,
+    pub digest: ChunkDigest,
+    pub signer: [u8; 32],
+    pub signature: [u8; 64],
+}
+
+impl ChunkRecord {
+    pub const LEN: usize = 4 + 32 + 32 + 64;
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.index.to_le_bytes());
+        out.extend_from_slice(&self.digest.0);
+        out.extend_from_slice(&self.signer);
+        out.extend_from_slice(&self.signature);
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < Self::LEN {
+            return None;
+        }
+        Some(Self {
+            index: u32::from_le_bytes(b[0..4].try_into().ok()?),
+            digest: ChunkDigest(b[4..36].try_into().ok()?),
+            signer: b[36..68].try_into().ok()?,
+            signature: b[68..132].try_into().ok()?,
+        })
+    }
+}
 
 /// This agent's signing identity, persisted in the node store so that
 /// attestations survive a restart.

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use swarmseed_proto::ChunkDigest;
 
-use crate::store::ChunkRecord;
+use crate::attest::ChunkRecord;
 
 /// A set of chunk indices.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -3,8 +3,9 @@
 //! Data path: [`origin`] (source reads) → [`transfer`] (swarm scheduling
 //! over [`wire`], bookkeeping in [`board`], digests vouched for by
 //! [`attest`]) → [`store`] (staging, verification log, atomic publish).
-//! [`peer_server`] serves verified chunks to other nodes; [`control`] is
-//! the operator's gRPC API; [`admin`] serves health and metrics.
+//! [`peer_server`] serves verified chunks to other nodes from each
+//! revision's [`served`] view; [`control`] is the operator's gRPC API;
+//! [`admin`] serves health and metrics.
 
 pub mod admin;
 pub mod agent;
@@ -12,12 +13,15 @@ pub mod attest;
 pub mod board;
 pub mod chunkmem;
 pub mod control;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod metrics;
 pub mod origin;
 pub mod origin_health;
 pub mod peer_server;
 pub mod ratelimit;
 pub mod reach;
+pub mod served;
 pub mod store;
 pub mod transfer;
 pub mod wire;

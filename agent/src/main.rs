@@ -11,7 +11,7 @@ use swarmseed_agent::agent::Agent;
 use swarmseed_agent::control::{ControlAuth, ControlService};
 use swarmseed_agent::metrics::Metrics;
 use swarmseed_agent::origin::OriginOptions;
-use swarmseed_agent::peer_server::{self, HandshakeLimits, TransferLookup};
+use swarmseed_agent::peer_server::{self, HandshakeLimits, RevisionLookup};
 use swarmseed_agent::store::NodeStore;
 use swarmseed_agent::transfer::TransferConfig;
 use swarmseed_proto::pb::agent_control_server::AgentControlServer;
@@ -135,7 +135,9 @@ struct Args {
     #[arg(long, env = "SWARMSEED_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 
-    /// Test-only fault: serve corrupted chunks to peers.
+    /// Fault tests only: serve corrupted chunks to peers (a build with the
+    /// `fault-injection` feature).
+    #[cfg(feature = "fault-injection")]
     #[arg(long, env = "SWARMSEED_TEST_FAULT_CORRUPT_SERVING", hide = true)]
     test_fault_corrupt_serving: bool,
 }
@@ -157,6 +159,8 @@ fn init_tracing(format: &str) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args.log_format);
+    #[cfg(feature = "fault-injection")]
+    swarmseed_agent::fault::set_corrupt_serving(args.test_fault_corrupt_serving);
 
     let token = std::fs::read_to_string(&args.control_token_file).with_context(|| {
         format!(
@@ -206,12 +210,11 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
         cfg,
         format!("{advertise}:{peer_port}"),
-        args.test_fault_corrupt_serving,
     )
     .context("loading the agent identity")?;
 
     let shutdown = CancellationToken::new();
-    let lookup: Arc<dyn TransferLookup> = agent.clone();
+    let lookup: Arc<dyn RevisionLookup> = agent.clone();
     let handshakes = HandshakeLimits {
         timeout: args.peer_handshake_timeout,
         max_pending: args.peer_max_handshakes as usize,

@@ -36,8 +36,9 @@ use nix::sys::stat::{Mode, fstatat};
 use prost::Message;
 use swarmseed_proto::layout::published_mode;
 use swarmseed_proto::pb;
-use swarmseed_proto::{ChunkDigest, ChunkLayout, RevisionId};
+use swarmseed_proto::{ChunkLayout, RevisionId};
 
+use crate::attest::ChunkRecord;
 use crate::board::ChunkSet;
 use crate::writeback::WriteBehind;
 use thiserror::Error;
@@ -173,39 +174,6 @@ impl StoreError {
 fn io_err(path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> StoreError {
     let path = path.as_ref().display().to_string();
     move |source| StoreError::Io { path, source }
-}
-
-/// One verified chunk as persisted: its digest and the attestation that
-/// lets peers accept it (see [`crate::attest`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkRecord {
-    pub index: u32,
-    pub digest: ChunkDigest,
-    pub signer: [u8; 32],
-    pub signature: [u8; 64],
-}
-
-impl ChunkRecord {
-    pub const LEN: usize = 4 + 32 + 32 + 64;
-
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.index.to_le_bytes());
-        out.extend_from_slice(&self.digest.0);
-        out.extend_from_slice(&self.signer);
-        out.extend_from_slice(&self.signature);
-    }
-
-    pub fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() < Self::LEN {
-            return None;
-        }
-        Some(Self {
-            index: u32::from_le_bytes(b[0..4].try_into().ok()?),
-            digest: ChunkDigest(b[4..36].try_into().ok()?),
-            signer: b[36..68].try_into().ok()?,
-            signature: b[68..132].try_into().ok()?,
-        })
-    }
 }
 
 /// The node store under one root directory.
@@ -1423,6 +1391,7 @@ fn dir_bytes(p: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use swarmseed_proto::ChunkDigest;
 
     fn entry(path: &str, size: u64, etag: &str) -> pb::FileEntry {
         pb::FileEntry {

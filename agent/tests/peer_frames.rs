@@ -1,8 +1,8 @@
-//! Property tests of every parser of peer bytes (`agent/src/wire.rs`, as
-//! both the peer server and the download sessions use it): whatever bytes
-//! arrive, nothing panics, no buffer larger than the frame kind allows is
-//! ever allocated (measured by this test binary's allocator), and valid
-//! frames round-trip.
+//! Property tests of the peer frame codec (`agent/src/wire/`, as both the
+//! peer server and the download sessions use it): whatever bytes arrive,
+//! nothing panics, no buffer larger than the frame kind allows is ever
+//! allocated (measured by this test binary's allocator), and every frame
+//! round-trips.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -11,8 +11,8 @@ use futures::executor::block_on;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
-use swarmseed_agent::store::ChunkRecord;
-use swarmseed_agent::wire::{self, Hello};
+use swarmseed_agent::attest::ChunkRecord;
+use swarmseed_agent::wire::{self, Frame, Header, Hello, Kind};
 use swarmseed_proto::{ChunkDigest, RevisionId};
 
 /// Records the largest allocation each thread asks for.
@@ -73,24 +73,24 @@ const SMALL: usize = 512;
 /// The kinds each reader of the protocol accepts at some point: the
 /// server before and after authentication, the client during its
 /// handshake and in its session.
-const READERS: &[&[u8]] = &[
-    &[wire::HELLO],
-    &[wire::REQUEST, wire::CANCEL],
-    &[wire::SERVER_HELLO, wire::ERROR],
-    &[wire::WELCOME, wire::ERROR],
-    &[wire::HAVE, wire::REJECT, wire::ERROR],
+const READERS: &[&[Kind]] = &[
+    &[Kind::Hello],
+    &[Kind::Request, Kind::Cancel],
+    &[Kind::ServerHello, Kind::Error],
+    &[Kind::Welcome, Kind::Error],
+    &[Kind::Have, Kind::Reject, Kind::Error],
 ];
 
-const KINDS: &[u8] = &[
-    wire::SERVER_HELLO,
-    wire::WELCOME,
-    wire::HAVE,
-    wire::PIECE,
-    wire::ERROR,
-    wire::REJECT,
-    wire::HELLO,
-    wire::REQUEST,
-    wire::CANCEL,
+/// Every control frame kind.
+const CONTROL: &[Kind] = &[
+    Kind::ServerHello,
+    Kind::Welcome,
+    Kind::Have,
+    Kind::Error,
+    Kind::Reject,
+    Kind::Hello,
+    Kind::Request,
+    Kind::Cancel,
 ];
 
 /// Lengths at and around every bound.
@@ -119,19 +119,19 @@ fn lengths() -> impl Strategy<Value = u32> {
     prop_oneof![select(edges), 0u32..2048, any::<u32>()]
 }
 
+/// A kind byte: a known one or any.
+fn kind_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![select(Kind::ALL.map(|k| k as u8).to_vec()), any::<u8>()]
+}
+
 /// Something like a frame: a header of a known or any kind and a length
 /// near a bound or anything, then bytes that may or may not match it.
 fn frameish() -> impl Strategy<Value = Vec<u8>> {
-    (
-        prop_oneof![select(KINDS.to_vec()), any::<u8>()],
-        lengths(),
-        vec(any::<u8>(), 0..1024),
-    )
-        .prop_map(|(kind, len, body)| {
-            let mut f = wire::header(kind, len).to_vec();
-            f.extend_from_slice(&body);
-            f
-        })
+    (kind_byte(), lengths(), vec(any::<u8>(), 0..1024)).prop_map(|(kind, len, body)| {
+        let mut f = Header { kind, len }.to_bytes().to_vec();
+        f.extend_from_slice(&body);
+        f
+    })
 }
 
 /// A stream of such frames, or of plain noise.
@@ -140,35 +140,6 @@ fn stream() -> impl Strategy<Value = Vec<u8>> {
         vec(frameish(), 0..6).prop_map(|fs| fs.concat()),
         vec(any::<u8>(), 0..2048),
     ]
-}
-
-/// Parses `p` as its kind's parser does; checks what a parse that succeeds
-/// says against the bytes.
-fn parse_payload(kind: u8, p: &[u8]) -> Result<(), TestCaseError> {
-    match kind {
-        wire::SERVER_HELLO => {
-            if let Ok(nonce) = wire::parse_server_hello(p) {
-                prop_assert_eq!(&wire::server_hello(&nonce)[..], p);
-            }
-        }
-        wire::HELLO => {
-            if let Ok(h) = Hello::decode(p) {
-                // Only the canonical encoding decodes.
-                prop_assert_eq!(h.encode(), p);
-            }
-        }
-        wire::WELCOME | wire::REJECT | wire::REQUEST | wire::CANCEL => {
-            let v = wire::parse_u32(p).map_err(|e| TestCaseError::fail(e.to_string()))?;
-            prop_assert_eq!(&wire::u32_payload(v)[..], p);
-        }
-        wire::HAVE => {
-            let records = wire::decode_haves(p).map_err(|e| TestCaseError::fail(e.to_string()))?;
-            prop_assert_eq!(wire::encode_haves(&records), p);
-        }
-        wire::ERROR => prop_assert!(p.len() <= wire::MAX_ERROR as usize),
-        other => prop_assert!(false, "read a frame of kind {}", other),
-    }
-    Ok(())
 }
 
 fn record() -> impl Strategy<Value = ChunkRecord> {
@@ -208,12 +179,57 @@ fn hello() -> impl Strategy<Value = Hello> {
         })
 }
 
+/// A reason that fits an ERROR: any text of at most `MAX_ERROR` bytes.
+fn reason() -> impl Strategy<Value = String> {
+    vec(any::<char>(), 0..300).prop_map(|cs| {
+        let mut s = String::new();
+        for c in cs {
+            if s.len() + c.len_utf8() > wire::MAX_ERROR as usize {
+                break;
+            }
+            s.push(c);
+        }
+        s
+    })
+}
+
+/// Any control frame within its kind's bounds.
+fn frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        any::<[u8; 32]>().prop_map(|nonce| Frame::ServerHello { nonce }),
+        hello().prop_map(Frame::Hello),
+        any::<u32>().prop_map(|chunk_count| Frame::Welcome { chunk_count }),
+        vec(record(), 0..64).prop_map(Frame::Have),
+        any::<u32>().prop_map(Frame::Request),
+        any::<u32>().prop_map(Frame::Cancel),
+        any::<u32>().prop_map(Frame::Reject),
+        reason().prop_map(Frame::Error),
+    ]
+}
+
+/// Checks what a successful read says against the bytes it consumed:
+/// only the canonical encoding decodes (an ERROR's invalid UTF-8 aside,
+/// which comes out one `?` per byte).
+fn check_canonical(f: &Frame, consumed: &[u8]) -> Result<(), TestCaseError> {
+    match f {
+        Frame::Error(why) => {
+            prop_assert_eq!(why.len() + wire::HEADER_LEN, consumed.len());
+            if std::str::from_utf8(&consumed[wire::HEADER_LEN..]).is_ok() {
+                prop_assert_eq!(f.encode(), consumed);
+            }
+        }
+        _ => prop_assert_eq!(f.encode(), consumed),
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
 
-    /// Every reader, fed any stream: frames come out within their kind's
-    /// bounds and parse consistently, and no allocation is larger than the
-    /// frame just read (a refused header allocates nothing of its length).
+    /// Every reader, fed any stream: frames come out of the kinds it asked
+    /// for, within their bounds, canonically encoded, and no allocation is
+    /// larger than the frame just read (a refused header allocates nothing
+    /// of its length).
     #[test]
     fn any_stream_is_read_within_the_bounds_of_each_frame_kind(
         bytes in stream(),
@@ -222,35 +238,52 @@ proptest! {
         let expected = READERS[reader];
         let most_expected = expected
             .iter()
-            .filter_map(|&k| wire::control_payload_limit(k))
+            .filter_map(|k| k.payload_limit())
             .map(|(_, most)| most as usize)
             .max()
             .unwrap_or(0);
         let mut r = &bytes[..];
         for _ in 0..16 {
-            let header: Option<(u8, u32)> = (r.len() >= 5)
-                .then(|| (r[0], u32::from_le_bytes([r[1], r[2], r[3], r[4]])));
-            let (read, largest) = largest_allocation(|| block_on(wire::read_frame_of(&mut r, expected)));
+            let before = r;
+            let header: Option<Header> = (r.len() >= wire::HEADER_LEN)
+                .then(|| Header::from_bytes(r[..wire::HEADER_LEN].try_into().unwrap()));
+            let (read, largest) = largest_allocation(|| block_on(wire::read_frame(&mut r, expected)));
             match read {
-                Ok((kind, p)) => {
-                    prop_assert!(expected.contains(&kind));
-                    let (least, most) = wire::control_payload_limit(kind).unwrap_or((1, 0));
-                    prop_assert!((least as usize..=most as usize).contains(&p.len()));
-                    prop_assert!(largest <= p.len().max(SMALL), "{} bytes for a {}-byte frame", largest, p.len());
-                    let (parsed, largest) = largest_allocation(|| parse_payload(kind, &p));
-                    parsed?;
-                    // Decoded HAVE records are the payload's size again.
-                    prop_assert!(largest <= (2 * p.len()).max(SMALL), "{} bytes to parse {}", largest, p.len());
+                Ok(f) => {
+                    prop_assert!(expected.contains(&f.kind()));
+                    let consumed = &before[..before.len() - r.len()];
+                    let len = consumed.len() - wire::HEADER_LEN;
+                    let (least, most) = f.kind().payload_limit().unwrap_or((1, 0));
+                    prop_assert!((least as usize..=most as usize).contains(&len));
+                    // The payload, then what it decodes to (HAVE records
+                    // are the payload's size again).
+                    prop_assert!(largest <= len.max(SMALL), "{} bytes for a {}-byte frame", largest, len);
+                    check_canonical(&f, consumed)?;
                 }
                 Err(_) => {
-                    let acceptable = header.is_some_and(|(kind, len)| {
-                        expected.contains(&kind) && wire::check_control(kind, len).is_ok()
-                    });
+                    let acceptable = header.is_some_and(|h| h.check_expected(expected).is_ok());
                     let bound = if acceptable { most_expected.max(SMALL) } else { SMALL };
                     prop_assert!(largest <= bound, "{} bytes for a refused header {:?}", largest, header);
                     break;
                 }
             }
+        }
+    }
+
+    /// Any payload for any control kind decodes or is refused without
+    /// panicking, allocating at most about its own size.
+    #[test]
+    fn any_payload_decodes_within_its_size(
+        kind in select(CONTROL.to_vec()),
+        p in prop_oneof![vec(any::<u8>(), 0..2048), (0usize..64).prop_map(|n| vec![7u8; n * ChunkRecord::LEN])],
+    ) {
+        let (decoded, largest) = largest_allocation(|| Frame::decode(kind, &p));
+        prop_assert!(largest <= p.len().max(SMALL), "{} bytes to decode {}", largest, p.len());
+        if let Ok(f) = decoded {
+            prop_assert_eq!(f.kind(), kind);
+            let mut framed = Header::new(kind, p.len() as u32).to_bytes().to_vec();
+            framed.extend_from_slice(&p);
+            check_canonical(&f, &framed)?;
         }
     }
 
@@ -262,9 +295,10 @@ proptest! {
         len in lengths(),
         tail in vec(any::<u8>(), 0..1024),
     ) {
-        let allowed = wire::check_control(kind, len).is_ok();
+        let header = Header { kind, len };
+        let allowed = header.check_control().is_ok();
         let mut r = &tail[..];
-        let (read, largest) = largest_allocation(|| block_on(wire::read_control(&mut r, kind, len)));
+        let (read, largest) = largest_allocation(|| block_on(wire::read_payload(&mut r, header)));
         if allowed {
             prop_assert!(largest <= (len as usize).max(SMALL));
             prop_assert_eq!(read.is_ok(), tail.len() >= len as usize);
@@ -306,26 +340,38 @@ proptest! {
     fn a_valid_hello_round_trips_within_max_hello(h in hello()) {
         let e = h.encode();
         prop_assert!(e.len() <= wire::MAX_HELLO as usize);
-        let mut frame = wire::header(wire::HELLO, e.len() as u32).to_vec();
-        frame.extend_from_slice(&e);
-        let (kind, p) = block_on(wire::read_frame_of(&mut &frame[..], &[wire::HELLO]))
+        let frame = Frame::Hello(h.clone()).encode();
+        let read = block_on(wire::read_frame(&mut &frame[..], &[Kind::Hello]))
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert_eq!(kind, wire::HELLO);
-        prop_assert_eq!(Hello::decode(&p).map_err(|e| TestCaseError::fail(e.to_string()))?, h);
+        prop_assert_eq!(read, Frame::Hello(h));
+    }
+
+    /// Every frame round-trips, alone and in a stream of frames, read by a
+    /// reader that takes any control kind.
+    #[test]
+    fn every_frame_round_trips(frames in vec(frame(), 1..8)) {
+        let mut bytes = Vec::new();
+        for f in &frames {
+            let one = f.encode();
+            let header = Header::from_bytes(one[..wire::HEADER_LEN].try_into().unwrap());
+            prop_assert_eq!(header.kind, f.kind() as u8);
+            prop_assert!(header.check_control().is_ok());
+            prop_assert_eq!(&Frame::decode(f.kind(), &one[wire::HEADER_LEN..]).map_err(|e| TestCaseError::fail(e.to_string()))?, f);
+            bytes.extend_from_slice(&one);
+        }
+        let mut r = &bytes[..];
+        for f in &frames {
+            let read = block_on(wire::read_frame(&mut r, CONTROL)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(&read, f);
+        }
+        prop_assert!(r.is_empty());
     }
 
     #[test]
     fn have_records_round_trip(records in vec(record(), 0..64)) {
-        let p = wire::encode_haves(&records);
-        prop_assert!(wire::check_control(wire::HAVE, p.len() as u32).is_ok());
-        prop_assert_eq!(wire::decode_haves(&p).map_err(|e| TestCaseError::fail(e.to_string()))?, records);
-    }
-
-    #[test]
-    fn a_server_hello_round_trips(nonce in any::<[u8; 32]>()) {
-        let p = wire::server_hello(&nonce);
-        prop_assert!(wire::check_control(wire::SERVER_HELLO, p.len() as u32).is_ok());
-        prop_assert_eq!(wire::parse_server_hello(&p).map_err(|e| TestCaseError::fail(e.to_string()))?, nonce);
+        let f = Frame::Have(records.clone()).encode();
+        let read = block_on(wire::read_frame(&mut &f[..], &[Kind::Have])).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(read, Frame::Have(records));
     }
 }
 
@@ -373,16 +419,19 @@ fn the_longest_hello_is_max_hello() {
 /// allocates nothing of it, and an accepted HAVE allocates its payload.
 #[test]
 fn the_allocation_probe_sees_payloads() {
-    let (r, largest) =
-        largest_allocation(|| block_on(wire::read_control(&mut &[][..], wire::HELLO, 1 << 30)));
+    let (r, largest) = largest_allocation(|| {
+        block_on(wire::read_payload(
+            &mut &[][..],
+            Header::new(Kind::Hello, 1 << 30),
+        ))
+    });
     assert!(r.is_err());
     assert!(largest <= SMALL, "{largest}");
     let have = vec![0u8; wire::MAX_HAVE as usize];
     let (r, largest) = largest_allocation(|| {
-        block_on(wire::read_control(
+        block_on(wire::read_payload(
             &mut &have[..],
-            wire::HAVE,
-            wire::MAX_HAVE,
+            Header::new(Kind::Have, wire::MAX_HAVE),
         ))
     });
     assert_eq!(r.unwrap().len(), wire::MAX_HAVE as usize);

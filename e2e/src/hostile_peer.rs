@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use swarmseed_agent::wire;
+use swarmseed_agent::wire::{self, Header, Kind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -186,19 +186,19 @@ fn record(r: &mut HostileReport, ending: Ending, mode: HostileMode) -> bool {
         Ending::Closed { got, held } => (got, held),
     };
     let frames = frames(&got);
-    match frames.first() {
-        Some((wire::SERVER_HELLO, _)) => {
+    match frames.first().and_then(|(kind, _)| Kind::from_byte(*kind)) {
+        Some(Kind::ServerHello) => {
             r.greeted += 1;
             r.longest_held_ms = r.longest_held_ms.max(held.as_millis() as u64);
         }
-        Some((wire::ERROR, _)) => r.refused += 1,
+        Some(Kind::Error) => r.refused += 1,
         _ => {}
     }
     if mode != HostileMode::Flood {
         r.closed_by_server += 1;
     }
     for (kind, payload) in frames {
-        if kind == wire::ERROR {
+        if kind == Kind::Error as u8 {
             *r.errors.entry(reason(&payload)).or_insert(0) += 1;
         }
     }
@@ -253,9 +253,12 @@ async fn exchange(stream: TcpStream, mode: HostileMode, deadline: tokio::time::I
     let (mut rd, mut wr) = stream.into_split();
     let talk = async move {
         match mode {
-            HostileMode::HalfHello => wr.write_all(&wire::header(wire::HELLO, 600)).await?,
+            HostileMode::HalfHello => {
+                wr.write_all(&Header::new(Kind::Hello, 600).to_bytes())
+                    .await?
+            }
             HostileMode::Trickle => {
-                wr.write_all(&wire::header(wire::HELLO, wire::MAX_HELLO))
+                wr.write_all(&Header::new(Kind::Hello, wire::MAX_HELLO).to_bytes())
                     .await?;
                 loop {
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -265,7 +268,7 @@ async fn exchange(stream: TcpStream, mode: HostileMode, deadline: tokio::time::I
             HostileMode::Oversize => {
                 const BODY: usize = 1 << 20;
                 const PIECE: usize = 16 * 1024;
-                wr.write_all(&wire::header(wire::HELLO, BODY as u32))
+                wr.write_all(&Header::new(Kind::Hello, BODY as u32).to_bytes())
                     .await?;
                 let piece = [0u8; PIECE];
                 let mut sent = 0;
@@ -331,10 +334,10 @@ mod tests {
 
     #[test]
     fn whole_frames_are_split_off_and_a_torn_one_left() {
-        let mut b = wire::header(wire::SERVER_HELLO, 2).to_vec();
+        let mut b = Header::new(Kind::ServerHello, 2).to_bytes().to_vec();
         b.extend_from_slice(&[1, 2]);
-        b.extend_from_slice(&wire::header(wire::ERROR, 3));
+        b.extend_from_slice(&Header::new(Kind::Error, 3).to_bytes());
         b.extend_from_slice(b"ab");
-        assert_eq!(frames(&b), vec![(wire::SERVER_HELLO, vec![1, 2])]);
+        assert_eq!(frames(&b), vec![(Kind::ServerHello as u8, vec![1, 2])]);
     }
 }

@@ -3,7 +3,11 @@
 //! the handshake timeout.
 
 use super::*;
-use tokio::net::TcpListener;
+use crate::wire::{self, Frame, Header, Kind};
+use session::SessionError;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 /// Ample for anything local that should happen at once.
@@ -54,8 +58,8 @@ async fn say_then_stall(mut s: TcpStream, bytes: Vec<u8>) {
     tokio::time::sleep(Duration::from_secs(60)).await;
 }
 
-fn frame(kind: u8, declared: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = wire::header(kind, declared).to_vec();
+fn frame(kind: Kind, declared: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = Header::new(kind, declared).to_bytes().to_vec();
     f.extend_from_slice(payload);
     f
 }
@@ -63,7 +67,7 @@ fn frame(kind: u8, declared: u32, payload: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn a_server_hello_that_never_arrives_whole_ends_the_session_in_time() {
     let (result, took) =
-        session_against(|s| say_then_stall(s, frame(wire::SERVER_HELLO, 40, &wire::MAGIC))).await;
+        session_against(|s| say_then_stall(s, frame(Kind::ServerHello, 40, &wire::MAGIC))).await;
     assert!(
         matches!(result, Err(SessionError::Timeout("server hello"))),
         "{result:?}"
@@ -74,12 +78,13 @@ async fn a_server_hello_that_never_arrives_whole_ends_the_session_in_time() {
 #[tokio::test]
 async fn an_oversized_server_frame_is_refused_on_its_header() {
     for (kind, len) in [
-        (wire::SERVER_HELLO, 1 << 20),
-        (wire::ERROR, u32::MAX),
-        (wire::HAVE, 1000),
+        (Kind::ServerHello, 1 << 20),
+        (Kind::Error, u32::MAX),
+        (Kind::Have, 1000),
     ] {
         let (result, took) =
-            session_against(move |s| say_then_stall(s, wire::header(kind, len).to_vec())).await;
+            session_against(move |s| say_then_stall(s, Header::new(kind, len).to_bytes().to_vec()))
+                .await;
         let Err(SessionError::Io(e)) = &result else {
             panic!("{result:?}");
         };
@@ -94,16 +99,12 @@ async fn an_oversized_server_frame_is_refused_on_its_header() {
 #[tokio::test]
 async fn a_welcome_that_never_arrives_whole_ends_the_session_in_time() {
     let (result, _) = session_against(|mut s| async move {
-        s.write_all(&frame(
-            wire::SERVER_HELLO,
-            40,
-            &wire::server_hello(&[1; 32]),
-        ))
-        .await
-        .unwrap();
-        let (kind, _) = wire::read_frame_of(&mut s, &[wire::HELLO]).await.unwrap();
-        assert_eq!(kind, wire::HELLO);
-        say_then_stall(s, frame(wire::WELCOME, 4, &[1])).await;
+        s.write_all(&Frame::ServerHello { nonce: [1; 32] }.encode())
+            .await
+            .unwrap();
+        let hello = wire::read_frame(&mut s, &[Kind::Hello]).await.unwrap();
+        assert_eq!(hello.kind(), Kind::Hello);
+        say_then_stall(s, frame(Kind::Welcome, 4, &[1])).await;
     })
     .await;
     assert!(
@@ -116,7 +117,7 @@ async fn a_welcome_that_never_arrives_whole_ends_the_session_in_time() {
 async fn a_busy_server_is_a_refusal_with_its_reason() {
     let why = b"busy: 16 handshakes in progress from this address";
     let (result, _) =
-        session_against(move |s| say_then_stall(s, frame(wire::ERROR, why.len() as u32, why)))
+        session_against(move |s| say_then_stall(s, frame(Kind::Error, why.len() as u32, why)))
             .await;
     match result {
         Err(SessionError::Refused(m)) => assert_eq!(m.as_bytes(), why),
