@@ -113,7 +113,7 @@ impl Agent {
         peer_address: String,
         corrupt_serving: bool,
     ) -> std::io::Result<Arc<Self>> {
-        let identity = Arc::new(Identity::load_or_create(&store.root().join("agent.key"))?);
+        let identity = Arc::new(Identity::load_or_create(&store.identity_key_path())?);
         Ok(Arc::new(Self {
             store,
             identity,
