@@ -11,6 +11,7 @@ use swarmseed_e2e::cluster::{Cluster, ClusterSpec, NetworkMode, find_e2e_binary}
 use swarmseed_e2e::origin::http::{OriginCounters, serve};
 use swarmseed_e2e::origin::proxy::TcpProxy;
 use swarmseed_e2e::{apiserver, netbench, shutdown_signal, stub_agent};
+use swarmseed_runtime::logging::{self, LogFormat, LogOutput};
 
 /// swarmseed's test cluster: the Kubernetes API stand-in, nodes in network
 /// namespaces with shaped links, origins that count what they serve.
@@ -192,12 +193,7 @@ enum NetbenchRole {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(LogFormat::Text, LogOutput::Stderr);
     swarmseed_e2e::init_crypto();
     let cli = Cli::parse();
     match cli.command {
