@@ -112,7 +112,7 @@ impl Agent {
         cfg: TransferConfig,
         peer_address: String,
     ) -> std::io::Result<Arc<Self>> {
-        let identity = Arc::new(Identity::load_or_create(&store.root().join("agent.key"))?);
+        let identity = Arc::new(Identity::load_or_create(&store.identity_key_path())?);
         Ok(Arc::new(Self {
             store,
             identity,

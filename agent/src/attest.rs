@@ -61,36 +61,12 @@ pub struct Identity {
 impl Identity {
     /// Loads the key at `path`, creating it (mode 0600) on first start.
     pub fn load_or_create(path: &Path) -> io::Result<Self> {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{} is not a 32-byte key", path.display()),
-                    )
-                })?;
-                Ok(Self {
-                    key: SigningKey::from_bytes(&secret),
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let key = SigningKey::generate(&mut rand::rngs::OsRng);
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let tmp = path.with_extension("tmp");
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                f.write_all(&key.to_bytes())?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, path)?;
-                Ok(Self { key })
-            }
-            Err(e) => Err(e),
-        }
+        let secret = crate::store::key::load_or_create_secret(path, || {
+            SigningKey::generate(&mut rand::rngs::OsRng).to_bytes()
+        })?;
+        Ok(Self {
+            key: SigningKey::from_bytes(&secret),
+        })
     }
 
     pub fn public_key(&self) -> [u8; 32] {

@@ -25,7 +25,6 @@ pub mod served;
 pub mod store;
 pub mod transfer;
 pub mod wire;
-pub mod writeback;
 
 /// Locks `m`, even when a thread panicked while holding it: one failed
 /// task must not take the node's other datasets down with it.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use swarmseed_agent::agent::Agent;
 use swarmseed_agent::control::{ControlAuth, ControlService};
 use swarmseed_agent::metrics::Metrics;
@@ -15,6 +16,7 @@ use swarmseed_agent::peer_server::{self, HandshakeLimits, RevisionLookup};
 use swarmseed_agent::store::NodeStore;
 use swarmseed_agent::transfer::TransferConfig;
 use swarmseed_proto::pb::agent_control_server::AgentControlServer;
+use swarmseed_runtime::logging::{self, LogFormat, LogOutput};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -132,8 +134,8 @@ struct Args {
     no_direct_io: bool,
 
     /// Log format.
-    #[arg(long, env = "SWARMSEED_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    #[arg(long, env = "SWARMSEED_LOG_FORMAT", default_value = "text", value_parser = PossibleValuesParser::new(LogFormat::NAMES).try_map(|s| s.parse::<LogFormat>()))]
+    log_format: LogFormat,
 
     /// Fault tests only: serve corrupted chunks to peers (a build with the
     /// `fault-injection` feature).
@@ -142,23 +144,10 @@ struct Args {
     test_fault_corrupt_serving: bool,
 }
 
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing(&args.log_format);
+    logging::init(args.log_format, LogOutput::Stderr);
     #[cfg(feature = "fault-injection")]
     swarmseed_agent::fault::set_corrupt_serving(args.test_fault_corrupt_serving);
 
@@ -235,9 +224,10 @@ async fn main() -> anyhow::Result<()> {
         let app = swarmseed_agent::admin::router(agent.clone(), Arc::new(registry));
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            axum::serve(admin_listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
+            swarmseed_runtime::admin::serve(admin_listener, app, async move {
+                shutdown.cancelled().await
+            })
+            .await
         })
     };
 
@@ -265,8 +255,7 @@ async fn main() -> anyhow::Result<()> {
     agent.recover().await;
 
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("interrupted"),
-        _ = terminate() => info!("terminated"),
+        stop = swarmseed_runtime::shutdown::signal_received() => info!("{stop}"),
         r = control => error!(result = ?r, "control server stopped"),
     }
     shutdown.cancel();
@@ -276,15 +265,6 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
     Ok(())
-}
-
-async fn terminate() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending().await,
-    }
 }
 
 /// Sets the first of `names` the kernel accepts on the peer listener (every

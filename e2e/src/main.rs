@@ -13,6 +13,7 @@ use swarmseed_harness::cluster::{Cluster, ClusterSpec, NetworkMode, find_e2e_bin
 use swarmseed_harness::origin::http::{OriginCounters, serve};
 use swarmseed_harness::origin::proxy::TcpProxy;
 use swarmseed_harness::{apiserver, shutdown_signal};
+use swarmseed_runtime::logging::{self, LogFormat, LogOutput};
 
 /// swarmseed's test cluster: the Kubernetes API stand-in, nodes in network
 /// namespaces with shaped links, origins that count what they serve.
@@ -194,12 +195,7 @@ enum NetbenchRole {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(LogFormat::Text, LogOutput::Stderr);
     swarmseed_harness::init_crypto();
     let cli = Cli::parse();
     match cli.command {

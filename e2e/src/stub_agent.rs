@@ -7,8 +7,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use swarmseed_runtime::admin::Health;
 use tokio::net::TcpListener;
 
 use swarmseed_harness::error::{Error, Result};
@@ -35,6 +39,22 @@ pub struct StubAgentArgs {
     pub ready_after: Duration,
 }
 
+/// Ready once `ready_after` passed since the start.
+struct StubHealth {
+    started: tokio::time::Instant,
+    ready_after: Duration,
+}
+
+impl Health for StubHealth {
+    fn readiness(&self) -> Result<String, String> {
+        if self.started.elapsed() >= self.ready_after {
+            Ok("ok".into())
+        } else {
+            Err("starting".into())
+        }
+    }
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     Ok(swarmseed_harness::bind_tcp(addr).await?.0)
 }
@@ -53,31 +73,16 @@ pub async fn run(args: StubAgentArgs) -> Result<()> {
             }
         });
     }
-    let started = tokio::time::Instant::now();
-    let ready_after = args.ready_after;
-    let node = args.node_name.clone();
-    let app =
-        Router::new()
-            .route("/livez", get(|| async { "ok\n" }))
-            .route(
-                "/readyz",
-                get(move || async move {
-                    if started.elapsed() >= ready_after {
-                        (axum::http::StatusCode::OK, "ok\n")
-                    } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting\n")
-                    }
-                }),
-            )
-            .route(
-                "/metrics",
-                get(move || {
-                    let node = node.clone();
-                    async move {
-                        format!("# stub agent\nswarmseed_stub_agent_up{{node=\"{node}\"}} 1\n")
-                    }
-                }),
-            );
+    let mut registry =
+        Registry::with_labels([("node".into(), args.node_name.clone().into())].into_iter());
+    let up = Gauge::<i64, AtomicI64>::default();
+    up.set(1);
+    registry.register("swarmseed_stub_agent_up", "1 while the stub agent runs", up);
+    let health = StubHealth {
+        started: tokio::time::Instant::now(),
+        ready_after: args.ready_after,
+    };
+    let app = swarmseed_runtime::admin::router(Arc::new(registry), Arc::new(health));
     eprintln!(
         "stub agent {} serving admin on {}",
         args.node_name, args.admin_listen

@@ -12,15 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use swarmseed_runtime::admin::Health;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -126,12 +123,25 @@ impl Metrics {
     }
 }
 
-#[derive(Clone)]
-struct AdminState {
-    registry: Arc<Registry>,
+/// What `/readyz` and the leader gauge follow: the election.
+struct OperatorHealth {
     metrics: Metrics,
     election: watch::Receiver<ElectionStatus>,
     standby_grace: Duration,
+}
+
+impl Health for OperatorHealth {
+    fn readiness(&self) -> Result<String, String> {
+        let status = self.election.borrow().clone();
+        readiness(&status, Instant::now(), self.standby_grace)
+    }
+
+    fn before_scrape(&self) {
+        // The gauge is derived from the election at scrape time, so it can
+        // never disagree with /readyz.
+        let leader = *self.election.borrow() == ElectionStatus::Leader;
+        self.metrics.set_leader(leader);
+    }
 }
 
 /// The admin routes. `election` is followed for `/readyz` and the leader
@@ -143,24 +153,12 @@ pub fn router(
     election: watch::Receiver<ElectionStatus>,
     standby_grace: Duration,
 ) -> Router {
-    Router::new()
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(AdminState {
-            registry,
-            metrics,
-            election,
-            standby_grace,
-        })
-}
-
-async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    let status = s.election.borrow().clone();
-    match readiness(&status, Instant::now(), s.standby_grace) {
-        Ok(msg) => (StatusCode::OK, msg),
-        Err(msg) => (StatusCode::SERVICE_UNAVAILABLE, msg),
-    }
+    let health = OperatorHealth {
+        metrics,
+        election,
+        standby_grace,
+    };
+    swarmseed_runtime::admin::router(registry, Arc::new(health))
 }
 
 /// `Ok` with what this replica is, or `Err` with why it is not ready.
@@ -188,22 +186,12 @@ fn readiness(
     }
 }
 
-async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
-    // The gauge is derived from the election at scrape time, so it can
-    // never disagree with /readyz.
-    let leader = *s.election.borrow() == ElectionStatus::Leader;
-    s.metrics.set_leader(leader);
-    swarmseed_proto::metrics::scrape(&s.registry)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn render(registry: &Registry) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
-        out
+        swarmseed_runtime::metrics::encode(registry).unwrap()
     }
 
     #[test]

@@ -20,6 +20,7 @@ use swarmseed_operator::agents::{ControlToken, DEFAULT_CONTROL_PORT};
 use swarmseed_operator::controller::{self, Context, Settings};
 use swarmseed_operator::leader::{ElectionStatus, LeaderElector, LeaseTiming};
 use swarmseed_operator::plan::DEFAULT_MAX_PEERS;
+use swarmseed_runtime::logging::{self, LogFormat, LogOutput};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -138,11 +139,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    logging::init(LogFormat::Text, LogOutput::Stdout);
     // kube uses rustls with ring, object_store's reqwest with aws-lc-rs:
     // one provider must be chosen before either builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -202,8 +199,7 @@ async fn serve(args: RunArgs, token: ControlToken, secret: Vec<u8>) -> anyhow::R
         );
         let stop = stop_admin.clone();
         tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
+            swarmseed_runtime::admin::serve(listener, app, async move { stop.cancelled().await })
                 .await
         })
     };
@@ -235,7 +231,7 @@ async fn lead(elector: Option<LeaderElector>, ctx: Arc<Context>) -> anyhow::Resu
     };
     let guard = tokio::select! {
         guard = elector.acquire() => guard.context("leader election")?,
-        () = shutdown_signal() => {
+        _ = swarmseed_runtime::shutdown::signal_received() => {
             tracing::info!("shutting down as a standby");
             return Ok(());
         }
@@ -254,22 +250,6 @@ async fn lead(elector: Option<LeaderElector>, ctx: Arc<Context>) -> anyhow::Resu
         () = lost.cancelled() => {
             anyhow::bail!("lost the leader Lease; exiting so that a restart rejoins as a standby")
         }
-    }
-}
-
-/// SIGTERM (what Kubernetes sends) or ctrl-c.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops a standby");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -7,11 +7,9 @@
 //!   revision holds, independent of where it came from.
 //! - [`path`]: the rules a listed path must obey before anything touches a
 //!   disk.
-//! - [`metrics`]: the `/metrics` scrape both binaries serve.
 
 pub mod digest;
 pub mod layout;
-pub mod metrics;
 pub mod path;
 
 /// Generated protobuf and tonic code for `swarmseed.agent.v1`.

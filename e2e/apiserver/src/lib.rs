@@ -224,7 +224,8 @@ pub struct CliArgs {
     pub watch_history: usize,
 }
 
-/// Serves until Ctrl-C, writes the kubeconfig, prints `KUBECONFIG=...`.
+/// Serves until Ctrl-C or SIGTERM, writes the kubeconfig, prints
+/// `KUBECONFIG=...`.
 pub async fn run_cli(args: CliArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let options = Options {
@@ -238,9 +239,7 @@ pub async fn run_cli(args: CliArgs) -> anyhow::Result<()> {
     let path = std::fs::canonicalize(&args.kubeconfig).unwrap_or(args.kubeconfig.clone());
     println!("KUBECONFIG={}", path.display());
     println!("serving {} (Ctrl-C stops)", server.url());
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    swarmseed_runtime::shutdown::signal_received().await;
     server.shutdown().await;
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The `/metrics` response both binaries serve from their admin port.
+//! The `/metrics` response every binary serves from its admin port: a
+//! `prometheus-client` registry encoded as OpenMetrics text.
 
 use http::{HeaderName, StatusCode, header};
 use prometheus_client::registry::Registry;
@@ -7,12 +8,18 @@ use prometheus_client::registry::Registry;
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// `registry` in the OpenMetrics text format.
+pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
 /// A scrape of `registry`: status, content type and body, ready to be
 /// returned from an HTTP handler (axum's `IntoResponse` takes the tuple).
 pub fn scrape(registry: &Registry) -> (StatusCode, [(HeaderName, &'static str); 1], String) {
-    let mut out = String::new();
-    match prometheus_client::encoding::text::encode(&mut out, registry) {
-        Ok(()) => (
+    match encode(registry) {
+        Ok(out) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
             out,
@@ -45,5 +52,6 @@ mod tests {
         );
         assert!(body.lines().any(|l| l == "things_total 1"), "{body}");
         assert!(body.ends_with("# EOF\n"), "{body}");
+        assert_eq!(encode(&registry).unwrap(), body);
     }
 }
