@@ -114,17 +114,17 @@ struct RunArgs {
     admin_listen: SocketAddr,
 }
 
+/// A duration such as `15s`, `500ms` or `1m30s` (humantime's syntax, as
+/// the agent's and the plugin's flags take); a bare number is seconds, as
+/// it always was here.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 15s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} is not a duration like 15s")),
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{s:?} is not a duration like 15s"));
     }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 15s: {e}"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -285,5 +285,23 @@ mod tests {
             "run",
             "--leader-election=false"
         ]));
+    }
+
+    #[test]
+    fn durations_take_humantime_and_bare_seconds() {
+        let ok = |s: &str| parse_duration(s).unwrap();
+        assert_eq!(ok("15s"), Duration::from_secs(15));
+        assert_eq!(ok("500ms"), Duration::from_millis(500));
+        assert_eq!(ok("2m"), Duration::from_secs(120));
+        assert_eq!(ok("1m30s"), Duration::from_secs(90));
+        assert_eq!(ok("20"), Duration::from_secs(20));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("fast").is_err());
+        let timeout = |args: &[&str]| Cli::try_parse_from(args).unwrap().run.agent_call_timeout;
+        assert_eq!(timeout(&["swarmseed-operator"]), Duration::from_secs(15));
+        assert_eq!(
+            timeout(&["swarmseed-operator", "--agent-call-timeout", "1m"]),
+            Duration::from_secs(60)
+        );
     }
 }
