@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use swarmseed_origin::{OriginClient, OriginError, OriginOptions};
 use swarmseed_proto::pb::{self, DatasetState};
 use swarmseed_proto::{ChunkDigest, ChunkLayout, ContentDigest, RevisionId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -33,7 +34,6 @@ use crate::attest::{FetcherTable, Identity};
 use crate::board::{Board, ChunkSet, ScanOrder, help_margin};
 use crate::chunkmem::{BufferPool, ChunkBuf, RecentChunks};
 use crate::metrics::{Metrics, ReasonLabels};
-use crate::origin::{OriginClient, OriginError, OriginOptions};
 use crate::origin_health::OriginHealth;
 use crate::reach::PeerReach;
 use crate::store::{ChunkRecord, DatasetKey, NodeStore, RevisionFiles, StoreError};

@@ -24,7 +24,7 @@ use kube::runtime::finalizer::{Error as FinalizerError, Event, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use swarmseed_agent::origin::{OriginClient, OriginOptions, WeakValidators};
+use swarmseed_origin::{OriginClient, OriginOptions, WeakValidators};
 use swarmseed_proto::layout::default_chunk_size;
 use swarmseed_proto::{ChunkLayout, pb};
 

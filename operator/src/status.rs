@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use swarmseed_agent::origin::WeakValidators;
+use swarmseed_origin::WeakValidators;
 use swarmseed_proto::ContentDigest;
 use swarmseed_proto::pb::{self, DatasetState};
 
