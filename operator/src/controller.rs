@@ -31,12 +31,12 @@ use swarmseed_proto::{ChunkLayout, pb};
 use crate::admin::Metrics;
 use crate::agents::{AGENT_SELECTOR, AgentClient, AgentError, AgentPod, ControlToken, agent_pods};
 use crate::assignment::{self, AssignmentInput};
-use crate::crd::{Dataset, DatasetStatus};
 use crate::events::{EventPublisher, EventType};
 use crate::node_label;
 use crate::plan::{self, AgentInfo, Plan, PlanInput};
 use crate::selector;
 use crate::status::{self, DatasetProblem, NodeReport, RevisionInfo, StatusInput, reason};
+use swarmseed_crd::{Dataset, DatasetStatus};
 
 /// The finalizer that keeps a Dataset until every node dropped it.
 pub const FINALIZER: &str = "swarmseed.io/cleanup";

@@ -8,9 +8,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{Dataset, DatasetStatus, NodeProgress, NodeProgressState};
-use crate::quantity::human_bytes;
 use crate::status::{DEGRADED, PROGRESSING, READY};
+use swarmseed_crd::quantity::human_bytes;
+use swarmseed_crd::{Dataset, DatasetStatus, NodeProgress, NodeProgressState};
 
 /// Characters between the brackets of a progress bar.
 pub const BAR_WIDTH: usize = 20;
@@ -413,8 +413,8 @@ pub fn progress_line(ds: &Dataset) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{FailedNode, NodeCounts};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use swarmseed_crd::{FailedNode, NodeCounts};
 
     const GIB: u64 = 1 << 30;
 

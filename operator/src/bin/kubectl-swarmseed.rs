@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use swarmseed_operator::Dataset;
+use swarmseed_crd::Dataset;
 use swarmseed_operator::plugin::{self, ListEntry, Readiness};
 use tokio::time::Instant;
 
