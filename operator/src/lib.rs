@@ -6,8 +6,8 @@
 //! [`plan`] (which agents fetch which chunks from the origin, who peers with
 //! whom) → [`status`] (what users read) and [`node_label`] (how pods find
 //! nodes holding a copy). Around them: [`leader`] (only one replica acts)
-//! and [`admin`] (`/livez`, `/readyz`, `/metrics`). [`plugin`] renders what
-//! `kubectl swarmseed` prints.
+//! and [`admin`] (`/livez`, `/readyz`, `/metrics`). `kubectl swarmseed` is
+//! a package of its own (`operator/plugin/`).
 
 pub mod admin;
 pub mod agents;
@@ -17,7 +17,6 @@ pub mod events;
 pub mod leader;
 pub mod node_label;
 pub mod plan;
-pub mod plugin;
 pub mod reference;
 pub mod selector;
 pub mod status;
