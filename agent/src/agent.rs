@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use swarmseed_origin::OriginError;
 use swarmseed_proto::pb::{self, DatasetState};
 use swarmseed_proto::{ChunkLayout, LayoutError, RevisionId};
 use thiserror::Error;
@@ -13,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::attest::Identity;
 use crate::metrics::Metrics;
-use crate::origin::OriginError;
+use swarmseed_origin::OriginError;
 use crate::peer_server::RevisionLookup;
 use crate::served::ServedRevision;
 use crate::store::{DatasetKey, NodeStore, Reuse, StoreError};

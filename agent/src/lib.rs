@@ -1,6 +1,6 @@
 //! The swarmseed node agent.
 //!
-//! Data path: [`origin`] (source reads) → [`transfer`] (swarm scheduling
+//! Data path: [`swarmseed_origin`] (source reads) → [`transfer`] (swarm scheduling
 //! over [`wire`], bookkeeping in [`board`], digests vouched for by
 //! [`attest`]) → [`store`] (staging, verification log, atomic publish).
 //! [`peer_server`] serves verified chunks to other nodes from each
@@ -16,7 +16,6 @@ pub mod control;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod metrics;
-pub mod origin;
 pub mod origin_health;
 pub mod peer_server;
 pub mod ratelimit;

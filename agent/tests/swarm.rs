@@ -9,7 +9,7 @@ mod swarm_support;
 use std::time::Duration;
 
 use swarm_support::*;
-use swarmseed_agent::origin::{OriginClient, OriginOptions};
+use swarmseed_origin::{OriginClient, OriginOptions};
 use swarmseed_proto::pb;
 
 async fn list(origin: &pb::Origin) -> Vec<pb::FileEntry> {

@@ -9,8 +9,8 @@ use k8s_openapi::ByteString;
 use swarmseed_proto::ChunkLayout;
 use swarmseed_proto::pb;
 
-use crate::crd::{Source, ValidSpec};
 use crate::plan::Plan;
+use swarmseed_crd::{Source, ValidSpec};
 
 const PEER_TOKEN_CONTEXT: &str = "swarmseed.io 2026 peer token v1";
 

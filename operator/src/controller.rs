@@ -38,7 +38,7 @@ use swarmseed_proto::pb;
 use self::decide::{Memo, Now, Target};
 use crate::admin::Metrics;
 use crate::agents::{AGENT_SELECTOR, AgentClient, AgentError, ControlToken};
-use crate::crd::Dataset;
+use swarmseed_crd::Dataset;
 use crate::events::{EventPublisher, EventType};
 use crate::node_label;
 use crate::selector;

@@ -1,26 +1,22 @@
 //! The swarmseed operator: the `Dataset` API and the pure planning and
 //! status logic the reconciler drives.
 //!
-//! Module order follows the data: [`crd`] (what users write) →
+//! Module order follows the data: the `Dataset` of [`swarmseed_crd`]
+//! (what users write) →
 //! [`plan`] (which agents fetch which chunks from the origin, who peers with
 //! whom) → [`status`] (what users read) and [`node_label`] (how pods find
 //! nodes holding a copy). Around them: [`leader`] (only one replica acts)
-//! and [`admin`] (`/livez`, `/readyz`, `/metrics`). [`plugin`] renders what
-//! `kubectl swarmseed` prints.
+//! and [`admin`] (`/livez`, `/readyz`, `/metrics`). `kubectl swarmseed` is
+//! a package of its own (`operator/plugin/`).
 
 pub mod admin;
 pub mod agents;
 pub mod assignment;
 pub mod controller;
-pub mod crd;
 pub mod events;
 pub mod leader;
 pub mod node_label;
 pub mod plan;
-pub mod plugin;
-pub mod quantity;
 pub mod reference;
 pub mod selector;
 pub mod status;
-
-pub use crd::{Dataset, DatasetSpec, DatasetStatus};

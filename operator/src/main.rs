@@ -131,7 +131,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Crd) => {
-            print!("{}", swarmseed_operator::crd::crd_yaml()?);
+            print!("{}", swarmseed_crd::crd_yaml()?);
             Ok(())
         }
         Some(Command::Run) | None => run(cli.run),

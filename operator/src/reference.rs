@@ -21,7 +21,7 @@ pub const REGENERATE_ENV: &str = "SWARMSEED_REGENERATE";
 /// The Markdown reference of the `Dataset` CRD, as checked in under
 /// [`REFERENCE_PATH`].
 pub fn dataset_reference() -> Result<String, serde_json::Error> {
-    let crd = serde_json::to_value(crate::Dataset::crd())?;
+    let crd = serde_json::to_value(swarmseed_crd::Dataset::crd())?;
     Ok(render(&crd))
 }
 
@@ -82,7 +82,7 @@ pub fn render(crd: &Value) -> String {
     out.push_str(
         "Every table below is rendered from the CRD's `openAPIV3Schema`\n\
          ([crds/datasets.swarmseed.io.yaml](../crds/datasets.swarmseed.io.yaml)),\n\
-         which is generated from the Rust types in `operator/src/crd.rs`: the\n\
+         which is generated from the Rust types in `operator/crd/src/lib.rs`: the\n\
          descriptions are their doc comments. Rules marked *CEL* are checked by\n\
          the API server at `kubectl apply` time; the operator checks them again\n\
          and reports `InvalidSource` when one is broken. What the condition\n\

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
 
-use crate::crd::{DatasetSpec, SelectorOperator};
+use swarmseed_crd::{DatasetSpec, SelectorOperator};
 
 /// Whether `node` is selected by `spec`.
 pub fn selects(spec: &DatasetSpec, node: &Node) -> bool {
@@ -90,8 +90,8 @@ fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::NodeSelectorRequirement;
     use k8s_openapi::api::core::v1::NodeSpec;
+    use swarmseed_crd::NodeSelectorRequirement;
 
     fn node(labels: &[(&str, &str)], taints: Vec<Taint>) -> Node {
         let mut n = Node::default();

@@ -14,7 +14,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{CustomResourceExt, ResourceExt};
 use kube_standin::ApiServer;
-use swarmseed_operator::Dataset;
+use swarmseed_crd::Dataset;
 use swarmseed_operator::agents::ControlToken;
 use swarmseed_operator::controller::{self, Context, FINALIZER, Settings};
 use swarmseed_proto::pb;

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube_standin::ApiServer;
-use swarmseed_operator::Dataset;
+use swarmseed_crd::Dataset;
 use swarmseed_operator::status::{self, NodeReport, RevisionInfo, StatusInput};
 use swarmseed_proto::pb::{DatasetProgress, DatasetState};
 

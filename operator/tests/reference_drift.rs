@@ -49,7 +49,7 @@ fn checked_in_reference_matches_the_crd_schema() {
         })
         .unwrap_or((0, "<trailing newline>", "<trailing newline>"));
     panic!(
-        "{REFERENCE_PATH} is out of date with the CRD schema (operator/src/crd.rs); {regenerate}\n\
+        "{REFERENCE_PATH} is out of date with the CRD schema (operator/crd/src/lib.rs); {regenerate}\n\
          first difference at line {line}:\n  checked in: {theirs}\n  generated:  {ours}"
     );
 }

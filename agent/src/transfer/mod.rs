@@ -36,7 +36,7 @@ use crate::attest::Identity;
 use crate::board::{Board, ChunkSet};
 use crate::chunkmem::BufferPool;
 use crate::metrics::Metrics;
-use crate::origin::{OriginError, OriginOptions};
+use swarmseed_origin::{OriginError, OriginOptions};
 use crate::origin_health::OriginHealth;
 use crate::reach::PeerReach;
 use crate::served::ServedRevision;

@@ -15,7 +15,7 @@ use super::rate::RecentRate;
 use super::session::SessionError;
 use crate::board::help_margin;
 use crate::metrics::ReasonLabels;
-use crate::origin::OriginError;
+use swarmseed_origin::OriginError;
 
 /// How long a fetcher done with its own ranges waits before it helps the
 /// others (see [`crate::board::Board::pick_help`]): about two announcements

@@ -8,7 +8,7 @@ use swarmseed_proto::pb;
 
 use super::TransferConfig;
 use crate::attest::FetcherTable;
-use crate::origin::{OriginClient, OriginError};
+use swarmseed_origin::{OriginClient, OriginError};
 use crate::ratelimit::TokenBucket;
 
 /// What the plan says, as this transfer uses it.

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-#[path = "../origin_support/mod.rs"]
+#[path = "../../origin/tests/origin_support/mod.rs"]
 mod origin_support;
 
 use std::collections::BTreeMap;
@@ -672,7 +672,7 @@ impl S3Origin {
             .await
             .unwrap();
         assert!(r.status().is_success(), "create bucket: {}", r.status());
-        swarmseed_agent::origin::install_crypto_provider();
+        swarmseed_origin::install_crypto_provider();
         let store = object_store::aws::AmazonS3Builder::new()
             .with_endpoint(&self.endpoint)
             .with_allow_http(true)

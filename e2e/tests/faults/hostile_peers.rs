@@ -80,7 +80,7 @@ async fn victim(bytes: u64) -> Option<Victim> {
         allow_http: true,
         ..Default::default()
     };
-    let files = swarmseed_agent::origin::OriginClient::new(&origin_pb, Default::default())
+    let files = swarmseed_origin::OriginClient::new(&origin_pb, Default::default())
         .unwrap()
         .list(&[], &[])
         .await

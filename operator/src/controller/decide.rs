@@ -21,11 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use swarmseed_agent::origin::WeakValidators;
+use swarmseed_origin::WeakValidators;
 use swarmseed_proto::{ChunkLayout, pb};
 
 use crate::agents::AgentPod;
-use crate::crd::{DatasetStatus, ValidSpec};
+use swarmseed_crd::{DatasetStatus, ValidSpec};
 use crate::events::EventType;
 use crate::plan::{self, AgentInfo, Plan, PlanError, PlanInput};
 use crate::status::{self, DatasetProblem, NodeReport, RevisionInfo, StatusInput};

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use swarmseed_agent::origin::{OriginClient, OriginOptions};
+use swarmseed_origin::{OriginClient, OriginOptions};
 use swarmseed_proto::layout::default_chunk_size;
 use swarmseed_proto::{ChunkLayout, pb};
 
@@ -19,7 +19,7 @@ use super::{
 };
 use crate::agents::{AgentPod, agent_pods};
 use crate::assignment;
-use crate::crd::{Dataset, ValidSpec};
+use swarmseed_crd::{Dataset, ValidSpec};
 use crate::events::EventType;
 use crate::plan::AgentInfo;
 use crate::selector;

@@ -10,7 +10,7 @@ use swarmseed_proto::pb;
 
 use super::{Context, in_flight, kube_call};
 use crate::agents::{AgentError, AgentPod, agent_pods};
-use crate::crd::Dataset;
+use swarmseed_crd::Dataset;
 
 /// How often agents are checked for one not told yet which Datasets exist.
 const SYNC_INTERVAL: Duration = Duration::from_secs(2);

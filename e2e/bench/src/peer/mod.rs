@@ -116,7 +116,7 @@ pub async fn run(args: PeerBenchArgs) -> anyhow::Result<PeerBenchReport> {
         allow_http: true,
         ..Default::default()
     };
-    let files = swarmseed_agent::origin::OriginClient::new(&origin_pb, Default::default())?
+    let files = swarmseed_origin::OriginClient::new(&origin_pb, Default::default())?
         .list(&[], &[])
         .await?
         .files;

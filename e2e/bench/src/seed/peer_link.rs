@@ -52,7 +52,7 @@ pub(super) async fn probe_peer_link(
         allow_http: true,
         ..Default::default()
     };
-    let files = swarmseed_agent::origin::OriginClient::new(&origin, Default::default())?
+    let files = swarmseed_origin::OriginClient::new(&origin, Default::default())?
         .list(&[], &[])
         .await?
         .files;

@@ -1,5 +1,8 @@
-//! Origin access: listing a source once per revision (operator) and ranged
-//! reads pinned to what was listed (agent, as a last resort).
+//! Owns origin access: listings taken once per revision, and ranged reads pinned to them.
+//! Never writes to an origin or a local disk; knows nothing of peers, node stores or the cluster.
+//!
+//! The operator lists a source once per revision; the agent reads from it
+//! as a last resort.
 //!
 //! # Source URIs
 //!
@@ -113,6 +116,7 @@ mod error;
 mod hf;
 mod http;
 mod keys;
+mod request;
 mod store;
 mod transfer;
 mod uri;

@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::CustomResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube_standin::ApiServer;
-use swarmseed_operator::Dataset;
+use swarmseed_crd::Dataset;
 use swarmseed_operator::status::{self, NodeReport, RevisionInfo, StatusInput};
 use swarmseed_proto::pb::{DatasetProgress, DatasetState, ErrorInfo};
 use tokio::io::AsyncReadExt;

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header, response};
 use axum::response::Response;
 use bytes::Bytes;
-use swarmseed_agent::origin::OriginOptions;
+use swarmseed_origin::OriginOptions;
 use swarmseed_proto::pb::FileEntry;
 
 /// Deterministic bytes that differ with position and seed.

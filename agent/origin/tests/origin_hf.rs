@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::Response;
 use bytes::Bytes;
-use swarmseed_agent::origin::{OriginClient, OriginError, OriginOptions};
+use swarmseed_origin::{OriginClient, OriginError, OriginOptions};
 use swarmseed_proto::pb::Origin;
 
 mod origin_support;

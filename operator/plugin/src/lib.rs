@@ -1,16 +1,16 @@
-//! What `kubectl swarmseed` shows, computed from Datasets as read from the
-//! API server.
+//! Owns what `kubectl swarmseed` shows: tables, progress bars and `wait`'s verdict, from Datasets.
+//! Never talks to the API server, an agent or an origin: pure functions over Dataset objects.
 //!
-//! Pure: the binary (`src/bin/kubectl-swarmseed.rs`) fetches the objects and
-//! prints what these functions return, so the tables, progress bars and the
-//! decision of `wait` are tested on fixed statuses.
+//! The binary (`src/main.rs`) fetches the objects and prints what these
+//! functions return, so the tables, progress bars and the decision of `wait`
+//! are tested on fixed statuses.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{Dataset, DatasetStatus, NodeProgress, NodeProgressState};
-use crate::quantity::human_bytes;
-use crate::status::{DEGRADED, PROGRESSING, READY};
+use swarmseed_crd::condition::{DEGRADED, PROGRESSING, READY, reason};
+use swarmseed_crd::quantity::human_bytes;
+use swarmseed_crd::{Dataset, DatasetStatus, NodeProgress, NodeProgressState};
 
 /// Characters between the brackets of a progress bar.
 pub const BAR_WIDTH: usize = 20;
@@ -342,7 +342,7 @@ pub enum Readiness {
 pub fn degraded_may_pass(reason: &str) -> bool {
     matches!(
         reason,
-        crate::status::reason::AGENT_UNREACHABLE | crate::status::reason::SOURCE_UNAVAILABLE
+        reason::AGENT_UNREACHABLE | reason::SOURCE_UNAVAILABLE
     )
 }
 
@@ -413,8 +413,8 @@ pub fn progress_line(ds: &Dataset) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{FailedNode, NodeCounts};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use swarmseed_crd::{FailedNode, NodeCounts};
 
     const GIB: u64 = 1 << 30;
 
@@ -649,7 +649,6 @@ Total: origin 4GiB / peers 2.3GiB (36% from peers); origin ratio 1.00x (bytes re
 
     #[test]
     fn wait_sits_out_only_the_degraded_reasons_that_pass_by_themselves() {
-        use crate::status::reason;
         for r in [reason::AGENT_UNREACHABLE, reason::SOURCE_UNAVAILABLE] {
             assert!(degraded_may_pass(r), "{r}");
         }

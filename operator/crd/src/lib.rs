@@ -1,4 +1,5 @@
-//! The `Dataset` custom resource (`datasets.swarmseed.io`, `v1alpha1`).
+//! Owns the `Dataset` custom resource (`datasets.swarmseed.io`): its types, schema and checks.
+//! Never talks to an API server, an agent or an origin: plain data, shared by every crate.
 //!
 //! The CRD's OpenAPI schema is generated from these types: doc comments
 //! become field descriptions, and `x-kubernetes-validations` (CEL) carry the
@@ -6,6 +7,9 @@
 //! `kubectl apply` time instead of turning into a failed condition later.
 //! [`DatasetSpec::validate`] re-checks the same rules in Rust (the CEL rules
 //! are not enforced by every API server, e.g. the test stand-in).
+
+pub mod condition;
+pub mod quantity;
 
 use std::collections::BTreeMap;
 

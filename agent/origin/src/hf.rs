@@ -24,7 +24,7 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use super::checksum::{Algorithm, Checksum};
-use super::http::{
+use super::request::{
     Target, build_client, get_body, get_json, header_str, range_headers, read_ranged, send,
 };
 use super::transfer::{Budget, check_etag, normalize_etag};

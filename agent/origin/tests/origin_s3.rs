@@ -11,7 +11,7 @@ use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
-use swarmseed_agent::origin::{OriginClient, OriginError, OriginOptions};
+use swarmseed_origin::{OriginClient, OriginError, OriginOptions};
 use swarmseed_proto::pb::Origin;
 
 mod origin_support;
@@ -48,7 +48,7 @@ impl Moto {
             .await
             .unwrap();
         assert!(response.status().is_success(), "{}", response.status());
-        swarmseed_agent::origin::install_crypto_provider();
+        swarmseed_origin::install_crypto_provider();
         AmazonS3Builder::new()
             .with_endpoint(&self.endpoint)
             .with_allow_http(true)

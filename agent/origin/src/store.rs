@@ -375,7 +375,7 @@ fn map_error(path: &str, error: object_store::Error, reading: bool) -> OriginErr
             let message = redact_queries(&other.to_string());
             match status_in(&message) {
                 Some(status) => {
-                    let error = super::http::status_error(path, status, reading);
+                    let error = super::request::status_error(path, status, reading);
                     match error {
                         OriginError::Denied { .. }
                         | OriginError::Unavailable { .. }

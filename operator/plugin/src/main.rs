@@ -2,7 +2,7 @@
 //! ls | status | wait`).
 //!
 //! A thin shell: it reads Datasets from the API server with kubectl's
-//! connection flags and prints what `swarmseed_operator::plugin` renders.
+//! connection flags and prints what `swarmseed_plugin` renders.
 //! Everything it shows comes from the Dataset's status, so it needs read
 //! access to Datasets and nothing else (no agent, no node access).
 
@@ -16,8 +16,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use swarmseed_operator::Dataset;
-use swarmseed_operator::plugin::{self, ListEntry, Readiness};
+use swarmseed_crd::Dataset;
+use swarmseed_plugin::{self as plugin, ListEntry, Readiness};
 use tokio::time::Instant;
 
 /// How often `status --watch` and `wait` look again.
