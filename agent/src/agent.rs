@@ -14,7 +14,6 @@ use tracing::{info, warn};
 
 use crate::attest::Identity;
 use crate::metrics::Metrics;
-use swarmseed_origin::OriginError;
 use crate::peer_server::RevisionLookup;
 use crate::served::ServedRevision;
 use crate::store::{DatasetKey, NodeStore, Reuse, StoreError};

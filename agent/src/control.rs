@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use subtle::ConstantTimeEq;
 use swarmseed_proto::pb::{self, agent_control_server::AgentControl};
 use tonic::{Request, Response, Status};
 
@@ -102,16 +103,45 @@ impl tonic::service::Interceptor for ControlAuth {
             .get("authorization")
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        let ok = given.len() == self.expected.len()
-            && given
-                .iter()
-                .zip(self.expected.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if ok {
+        // Constant time for equal lengths; the length is not secret.
+        if bool::from(given.ct_eq(self.expected.as_slice())) {
             Ok(request)
         } else {
             Err(Status::unauthenticated("missing or wrong control token"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::service::Interceptor;
+
+    fn call(auth: &mut ControlAuth, header: Option<&str>) -> Result<(), tonic::Code> {
+        let mut request = Request::new(());
+        if let Some(h) = header {
+            request
+                .metadata_mut()
+                .insert("authorization", h.parse().expect("ascii header"));
+        }
+        auth.call(request).map(|_| ()).map_err(|s| s.code())
+    }
+
+    #[test]
+    fn only_the_right_bearer_token_gets_in() {
+        let mut auth = ControlAuth::new("s3cret\n");
+        assert_eq!(call(&mut auth, Some("Bearer s3cret")), Ok(()));
+        for wrong in [
+            None,
+            Some("Bearer s3cres"),
+            Some("Bearer s3cret2"),
+            Some("s3cret"),
+        ] {
+            assert_eq!(
+                call(&mut auth, wrong),
+                Err(tonic::Code::Unauthenticated),
+                "{wrong:?}"
+            );
         }
     }
 }

@@ -1,3 +1,6 @@
+//! Owns one node's data plane: the node store, the peer protocol, transfers, the peer server and the control API.
+//! Never writes outside its store's root, never publishes a partial tree, and never trusts a peer's byte before its digest is verified.
+//!
 //! The swarmseed node agent.
 //!
 //! Data path: [`swarmseed_origin`] (source reads) → [`transfer`] (swarm scheduling

@@ -38,11 +38,11 @@ use swarmseed_proto::pb;
 use self::decide::{Memo, Now, Target};
 use crate::admin::Metrics;
 use crate::agents::{AGENT_SELECTOR, AgentClient, AgentError, ControlToken};
-use swarmseed_crd::Dataset;
 use crate::events::{EventPublisher, EventType};
 use crate::node_label;
 use crate::selector;
 use crate::status::{DatasetProblem, reason};
+use swarmseed_crd::Dataset;
 
 /// The finalizer that keeps a Dataset until every node dropped it.
 pub const FINALIZER: &str = "swarmseed.io/cleanup";

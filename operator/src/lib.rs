@@ -1,3 +1,6 @@
+//! Owns the control plane: reconciling Datasets (observe, a pure decide, execute), planning, status, node labels and leader election.
+//! Never moves dataset bytes (agents do) and never blocks one Dataset on another's failure.
+//!
 //! The swarmseed operator: the `Dataset` API and the pure planning and
 //! status logic the reconciler drives.
 //!

@@ -1,3 +1,6 @@
+//! Owns the wire contracts between operator and agent: the gRPC API generated from `agent.proto`, listings, the chunk layout, digests and path rules.
+//! Never does IO of its own: no sockets, no files, no Kubernetes.
+//!
 //! Types shared by the swarmseed operator and agent.
 //!
 //! - [`pb`]: the operator→agent gRPC API, generated from `proto/`.

@@ -54,8 +54,8 @@ mod tests {
 
     use super::*;
     use crate::store::test_support::{entry, layout};
-    use swarmseed_proto::ChunkDigest;
     use crate::store::{DatasetKey, NodeStore, Reuse};
+    use swarmseed_proto::ChunkDigest;
 
     #[test]
     fn chunk_log_round_trips_and_ignores_a_torn_tail() {

@@ -36,11 +36,11 @@ use crate::attest::Identity;
 use crate::board::{Board, ChunkSet};
 use crate::chunkmem::BufferPool;
 use crate::metrics::Metrics;
-use swarmseed_origin::{OriginError, OriginOptions};
 use crate::origin_health::OriginHealth;
 use crate::reach::PeerReach;
 use crate::served::ServedRevision;
 use crate::store::{DatasetKey, NodeStore, RevisionFiles, StoreError};
+use swarmseed_origin::{OriginError, OriginOptions};
 
 mod fallback;
 mod origin;

@@ -8,8 +8,8 @@ use swarmseed_proto::pb;
 
 use super::TransferConfig;
 use crate::attest::FetcherTable;
-use swarmseed_origin::{OriginClient, OriginError};
 use crate::ratelimit::TokenBucket;
+use swarmseed_origin::{OriginClient, OriginError};
 
 /// What the plan says, as this transfer uses it.
 pub(super) struct Plan {

@@ -1,3 +1,6 @@
+//! Owns the in-memory Kubernetes API server the tests run against.
+//! Never ships: a test fixture, not part of the product.
+//!
 //! An in-memory Kubernetes API server for swarmseed's tests: it speaks the
 //! real wire protocol (discovery, CRUD, list/watch with resourceVersions and
 //! bookmarks, merge/JSON/strategic/apply patches, status subresource,

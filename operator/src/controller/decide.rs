@@ -25,10 +25,10 @@ use swarmseed_origin::WeakValidators;
 use swarmseed_proto::{ChunkLayout, pb};
 
 use crate::agents::AgentPod;
-use swarmseed_crd::{DatasetStatus, ValidSpec};
 use crate::events::EventType;
 use crate::plan::{self, AgentInfo, Plan, PlanError, PlanInput};
 use crate::status::{self, DatasetProblem, NodeReport, RevisionInfo, StatusInput};
+use swarmseed_crd::{DatasetStatus, ValidSpec};
 
 /// Run again this soon while a Dataset is not Ready everywhere.
 pub const SEEDING_REQUEUE: Duration = Duration::from_secs(2);

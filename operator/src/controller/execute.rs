@@ -16,10 +16,10 @@ use super::decide::{self, Decision, Deleted, Note, Now, Observed, Outcomes, Stat
 use super::{Context, Error, FINALIZER, MANAGER, Subject, dataset_resource, in_flight, kube_call};
 use crate::agents::{AgentPod, agent_pods};
 use crate::assignment::{self, AssignmentInput};
-use swarmseed_crd::DatasetStatus;
 use crate::events::EventType;
 use crate::node_label;
 use crate::status::{self, NodeReport};
+use swarmseed_crd::DatasetStatus;
 
 /// Node label patches one reconcile keeps in flight.
 const LABEL_WRITES_IN_FLIGHT: usize = 16;

@@ -19,11 +19,11 @@ use super::{
 };
 use crate::agents::{AgentPod, agent_pods};
 use crate::assignment;
-use swarmseed_crd::{Dataset, ValidSpec};
 use crate::events::EventType;
 use crate::plan::AgentInfo;
 use crate::selector;
 use crate::status::{DatasetProblem, NodeReport, reason};
+use swarmseed_crd::{Dataset, ValidSpec};
 
 /// Everything `decide` needs about a live Dataset whose spec is valid and
 /// whose source is listed.
