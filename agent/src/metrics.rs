@@ -6,10 +6,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use swarmseed_core::ByteSource;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
-    /// origin | peer | reused
+    /// origin | peer ([`ByteSource::as_str`]) | reused
     pub source: &'static str,
 }
 
@@ -101,7 +102,18 @@ impl Metrics {
         std::sync::Arc::new(m)
     }
 
-    pub fn received(&self, source: &'static str, bytes: u64) {
+    /// Verified bytes from `source` written to the node store.
+    pub fn received(&self, source: ByteSource, bytes: u64) {
+        self.count_received(source.as_str(), bytes);
+    }
+
+    /// Bytes found in files reused from an earlier revision: verified, but
+    /// neither read nor received.
+    pub fn reused(&self, bytes: u64) {
+        self.count_received("reused", bytes);
+    }
+
+    fn count_received(&self, source: &'static str, bytes: u64) {
         self.bytes_received
             .get_or_create(&SourceLabels { source })
             .inc_by(bytes);

@@ -66,7 +66,7 @@ fn the_docs_and_the_dashboard_name_the_exported_metrics() {
     operator.reconciled("ok");
     operator.reconcile_error("kube");
     operator.agent_call("status", "ok");
-    agent.received("peer", 1);
+    agent.reused(1);
     let reason = swarmseed_agent::metrics::ReasonLabels { reason: "io" };
     agent.peers_dropped.get_or_create(&reason).inc();
     agent.origin_errors.get_or_create(&reason).inc();

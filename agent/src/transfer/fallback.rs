@@ -3,7 +3,6 @@
 //! fetchers, when peers were last up, and the clock; [`Transfer`] runs it
 //! once a second.
 
-use crate::lock;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,24 +83,12 @@ impl Transfer {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let fetcher_nodes = lock(&self.plan).fetcher_nodes.clone();
-            let decided = {
-                let reach = lock(&self.reach);
-                let mut board = lock(&self.board);
-                let decided = decide(
-                    &board,
-                    &fetcher_nodes,
-                    &self.cfg.node_name,
-                    &reach,
-                    self.started,
-                    Instant::now(),
-                    self.cfg.fallback_after,
-                );
-                for &i in &decided.take {
-                    board.assign_origin(i);
-                }
-                decided
-            };
+            let decided = self.swarm().take_stranded(
+                &self.cfg.node_name,
+                self.started,
+                Instant::now(),
+                self.cfg.fallback_after,
+            );
             if !decided.take.is_empty() {
                 info!(fetchers = ?decided.gone, "fetchers unreachable: reading their chunks from the origin");
                 self.bump();

@@ -17,27 +17,24 @@
 //! transfer. What peers are served lives in the [`ServedRevision`] this
 //! transfer fills.
 //!
-//! Locks, when more than one is held: a session's, then `reach`, then the
-//! board (`plan` before the board as well).
+//! What the tasks decide together (plan, board, sessions, which peers are
+//! up) is one [`swarm::Swarm`] behind one lock.
 
 use crate::lock;
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use swarmseed_proto::pb;
-use swarmseed_proto::{ChunkDigest, ChunkLayout, ContentDigest, RevisionId};
+use swarmseed_proto::{ChunkLayout, ContentDigest, RevisionId};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::attest::Identity;
-use crate::board::{Board, ChunkSet};
+use crate::board::ChunkSet;
 use crate::chunkmem::BufferPool;
 use crate::metrics::Metrics;
-use crate::origin_health::OriginHealth;
-use crate::reach::PeerReach;
 use crate::served::ServedRevision;
 use crate::store::{DatasetKey, NodeStore, RevisionFiles, StoreError};
 use swarmseed_origin::{OriginError, OriginOptions};
@@ -50,9 +47,12 @@ mod plan;
 mod rate;
 mod session;
 mod sink;
+mod swarm;
 
 use phase::Phase;
 use plan::Plan;
+use session::PeerSession;
+use swarm::Swarm;
 
 /// Tunables shared by all transfers of an agent.
 #[derive(Debug, Clone)]
@@ -109,32 +109,17 @@ pub struct Transfer {
     identity: Arc<Identity>,
     metrics: Arc<Metrics>,
     cfg: Arc<TransferConfig>,
-    plan: Mutex<Plan>,
-    board: Mutex<Board>,
-    /// Chunks being written now, each by one writer: a duplicate (endgame,
-    /// or a helper's origin read and a peer at once) is dropped rather
-    /// than written, so no write can reach a file once the last chunk is
-    /// in and publication seals it.
-    writing: Mutex<HashSet<u32>>,
+    /// Everything the transfer's tasks decide together; see [`Swarm`] for
+    /// how its lock is held.
+    swarm: Mutex<Swarm>,
     board_version: watch::Sender<u64>,
     /// What the peer server reads: verified chunks, announcements, the
     /// recent-chunk cache, upload counts, token and limiter.
     served: Arc<ServedRevision>,
     counters: Counters,
-    phase: Mutex<Phase>,
-    content_digest: Mutex<Option<ContentDigest>>,
     cancel: CancellationToken,
-    sessions: Mutex<HashMap<String, CancellationToken>>,
-    /// Which peers have a download session, and when the others last had
-    /// one: whether their chunks are stranded.
-    reach: Mutex<PeerReach>,
-    /// Whether origin reads succeed (reported in progress).
-    origin_health: Mutex<OriginHealth>,
-    banned: Mutex<HashSet<String>>,
     /// Buffers for chunks on their way in, reused.
     buffers: BufferPool,
-    /// When this node, a fetcher, first found its own ranges done.
-    helping_since: Mutex<Option<Instant>>,
     started: Instant,
 }
 
@@ -149,12 +134,6 @@ impl Transfer {
     ) -> Result<Arc<Self>, OriginError> {
         let layout = files.layout().clone();
         let plan = Plan::from_assignment(assignment, &cfg)?;
-        let mut board = Board::new(layout.chunk_count());
-        for (s, e) in plan.fetchers.ranges_of(&identity.public_key()) {
-            for i in s..e.min(layout.chunk_count()) {
-                board.assign_origin(i);
-            }
-        }
         let buffers = BufferPool::new(layout.chunk_size() as usize, IDLE_BUFFERS);
         let cancel = CancellationToken::new();
         let served = Arc::new(ServedRevision::new(
@@ -167,6 +146,7 @@ impl Transfer {
             cancel.clone(),
         ));
         let started = Instant::now();
+        let swarm = Swarm::new(plan, layout.chunk_count(), &identity.public_key(), started);
         Ok(Arc::new(Self {
             key,
             files,
@@ -174,21 +154,12 @@ impl Transfer {
             identity,
             metrics,
             cfg,
-            plan: Mutex::new(plan),
-            board: Mutex::new(board),
-            writing: Mutex::new(HashSet::new()),
+            swarm: Mutex::new(swarm),
             board_version: watch::channel(0).0,
             served,
             counters: Counters::default(),
-            phase: Mutex::new(Phase::Pending),
-            content_digest: Mutex::new(None),
             cancel,
-            sessions: Mutex::new(HashMap::new()),
-            reach: Mutex::new(PeerReach::new(started)),
-            origin_health: Mutex::new(OriginHealth::new(started)),
-            banned: Mutex::new(HashSet::new()),
             buffers,
-            helping_since: Mutex::new(None),
             started,
         }))
     }
@@ -205,8 +176,26 @@ impl Transfer {
         &self.files
     }
 
+    /// The swarm state, for one short decision: never held across an
+    /// `.await`, and never while a session's lock is taken (see
+    /// [`Self::with_session`]).
+    fn swarm(&self) -> MutexGuard<'_, Swarm> {
+        lock(&self.swarm)
+    }
+
+    /// Runs `f` on a download session and the swarm, locked in the one
+    /// order the two are ever held together: the session first.
+    fn with_session<R>(
+        &self,
+        session: &Mutex<PeerSession>,
+        f: impl FnOnce(&mut PeerSession, &mut Swarm) -> R,
+    ) -> R {
+        let mut session = lock(session);
+        f(&mut session, &mut self.swarm())
+    }
+
     pub fn token(&self) -> [u8; 32] {
-        lock(&self.plan).token
+        self.swarm().plan().token
     }
 
     /// What the peer server serves of this revision.
@@ -215,15 +204,15 @@ impl Transfer {
     }
 
     pub fn plan_generation(&self) -> u64 {
-        lock(&self.plan).generation
+        self.swarm().plan().generation
     }
 
     pub fn is_ready(&self) -> bool {
-        lock(&self.phase).is_ready()
+        self.swarm().phase().is_ready()
     }
 
     pub fn is_failed(&self) -> bool {
-        lock(&self.phase).is_failed()
+        self.swarm().phase().is_failed()
     }
 
     /// Completes when the transfer is stopped: it failed, was replaced by
@@ -234,28 +223,14 @@ impl Transfer {
 
     /// The chunks this node has verified so far.
     pub fn verified_chunks(&self) -> ChunkSet {
-        lock(&self.board).verified().clone()
+        self.swarm().board().verified().clone()
     }
 
     /// Applies a new plan for the same revision: peers, fetchers, limits.
     pub fn update_plan(self: &Arc<Self>, a: &pb::Assignment) -> Result<(), OriginError> {
         let plan = Plan::from_assignment(a, &self.cfg)?;
-        let own = plan.fetchers.ranges_of(&self.identity.public_key());
-        let new_signers = {
-            let mut current = lock(&self.plan);
-            let added = plan.fetchers.adds_signers_to(&current.fetchers);
-            self.served.set_access(plan.token, plan.upload.clone());
-            *current = plan;
-            added
-        };
-        {
-            let mut board = lock(&self.board);
-            for (s, e) in own {
-                for i in s..e.min(self.layout.chunk_count()) {
-                    board.assign_origin(i);
-                }
-            }
-        }
+        self.served.set_access(plan.token, plan.upload.clone());
+        let new_signers = self.swarm().apply_plan(plan, &self.identity.public_key());
         self.bump();
         if !self.is_ready() && !self.cancel.is_cancelled() {
             if new_signers {
@@ -279,36 +254,35 @@ impl Transfer {
     }
 
     pub fn progress(&self) -> pb::DatasetProgress {
-        let (verified, bytes_verified) = {
-            let b = lock(&self.board);
-            let v = b.verified();
-            let bytes: u64 = v.iter().map(|i| self.layout.chunk_len(i)).sum();
-            (v.count(), bytes)
-        };
-        let phase = lock(&self.phase).clone();
-        let (origin_error, origin_error_seconds) = match phase {
-            Phase::Transferring => lock(&self.origin_health).report(Instant::now()).unzip(),
+        let mut swarm = self.swarm();
+        let verified = swarm.board().verified();
+        let bytes_verified: u64 = verified.iter().map(|i| self.layout.chunk_len(i)).sum();
+        let chunks_verified = verified.count();
+        let (origin_error, origin_error_seconds) = match swarm.phase() {
+            Phase::Transferring => swarm.origin_health().report(Instant::now()).unzip(),
             _ => (None, None),
         };
         let origin_error_seconds = origin_error_seconds.unwrap_or(0);
-        let (state, error) = phase.report();
+        let (state, error) = swarm.phase().report();
+        let plan_generation = swarm.plan().generation;
+        let fetchers = swarm.plan().assigned_fetchers.clone();
+        let content_digest = swarm.content_digest();
+        drop(swarm);
         pb::DatasetProgress {
             dataset: Some(self.key.to_ref()),
             revision: self.revision().to_hex(),
-            plan_generation: self.plan_generation(),
-            fetchers: lock(&self.plan).assigned_fetchers.clone(),
+            plan_generation,
+            fetchers,
             state: state as i32,
             chunks_total: self.layout.chunk_count(),
-            chunks_verified: verified,
+            chunks_verified,
             bytes_total: self.layout.total_bytes(),
             bytes_verified,
             bytes_from_origin: self.counters.from_origin.load(Ordering::Relaxed),
             bytes_from_peers: self.counters.from_peers.load(Ordering::Relaxed),
             bytes_reused: self.counters.reused.load(Ordering::Relaxed),
             bytes_served_to_peers: self.served.bytes_served(),
-            content_digest: lock(&self.content_digest)
-                .map(|d| d.0.to_vec())
-                .unwrap_or_default(),
+            content_digest: content_digest.map(|d| d.0.to_vec()).unwrap_or_default(),
             published_path: String::new(),
             published_revision: String::new(),
             error,
@@ -329,7 +303,7 @@ impl Transfer {
     fn fail(&self, reason: &str, message: String) {
         warn!(dataset = %self.key, reason, %message, "transfer failed");
         self.served.set_failed();
-        lock(&self.phase).fail(reason, message);
+        self.swarm().fail(reason, message);
         self.cancel.cancel();
     }
 
@@ -341,17 +315,17 @@ impl Transfer {
                 self.fail(e.reason(), e.to_string());
                 return;
             }
-            if lock(&self.board).is_complete() {
+            if self.swarm().board().is_complete() {
                 self.finish(&store).await;
                 return;
             }
-            lock(&self.phase).advance(Phase::Transferring);
+            self.swarm().advance(Phase::Transferring);
             self.sync_sessions();
             let origin = tokio::spawn(self.clone().run_origin());
             let fallback = tokio::spawn(self.clone().run_fallback());
             let mut version = self.board_version.subscribe();
             loop {
-                if lock(&self.board).is_complete() {
+                if self.swarm().board().is_complete() {
                     break;
                 }
                 tokio::select! {
@@ -371,20 +345,13 @@ impl Transfer {
     }
 
     async fn finish(self: &Arc<Self>, store: &Arc<NodeStore>) {
-        lock(&self.phase).advance(Phase::Publishing);
-        let digests: Vec<ChunkDigest> = {
-            let b = lock(&self.board);
-            (0..self.layout.chunk_count())
-                .map(|i| {
-                    b.record(i)
-                        .map(|r| r.digest)
-                        .unwrap_or(ChunkDigest([0; 32]))
-                })
-                .collect()
+        let digests = {
+            let mut swarm = self.swarm();
+            swarm.advance(Phase::Publishing);
+            swarm.chunk_digests()
         };
         let digest = ContentDigest::compute(&self.layout, &digests);
-        *lock(&self.content_digest) = Some(digest);
-        let pinned = lock(&self.plan).pinned;
+        let pinned = self.swarm().seal(digest);
         if let Some(pinned) = pinned
             && pinned != digest
         {
@@ -407,7 +374,7 @@ impl Transfer {
                     %digest,
                     "published"
                 );
-                lock(&self.phase).advance(Phase::Ready);
+                self.swarm().advance(Phase::Ready);
                 // Peers still filling up ask for the last chunks now; after
                 // that they are sent from disk, and the memory goes back.
                 let this = self.clone();

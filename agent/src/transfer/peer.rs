@@ -4,7 +4,6 @@
 //! the sink on blocking threads.
 
 use crate::lock;
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,31 +36,17 @@ impl Transfer {
     /// Starts a session for every planned peer without one, stops sessions
     /// of peers no longer planned.
     pub(super) fn sync_sessions(self: &Arc<Self>) {
-        let peers = lock(&self.plan).peers.clone();
-        let mut sessions = lock(&self.sessions);
-        let wanted: HashSet<&str> = peers.iter().map(|p| p.address.as_str()).collect();
-        sessions.retain(|addr, token| {
-            let keep = wanted.contains(addr.as_str());
-            if !keep {
-                token.cancel();
-            }
-            keep
-        });
-        for peer in peers {
-            if peer.node_name == self.cfg.node_name || sessions.contains_key(&peer.address) {
-                continue;
-            }
-            let token = self.cancel.child_token();
-            sessions.insert(peer.address.clone(), token.clone());
+        let start = self
+            .swarm()
+            .plan_sessions(&self.cfg.node_name, || self.cancel.child_token());
+        for (peer, token) in start {
             let this = self.clone();
             tokio::spawn(async move { this.run_peer(peer, token).await });
         }
     }
 
     pub(super) fn stop_sessions(&self) {
-        for (_, t) in lock(&self.sessions).drain() {
-            t.cancel();
-        }
+        self.swarm().stop_sessions();
     }
 
     /// Keeps one download session with `peer` alive until the transfer is
@@ -72,11 +57,14 @@ impl Transfer {
         async move {
             let mut backoff = Duration::from_millis(100);
             loop {
-                if cancel.is_cancelled() || lock(&self.board).is_complete() {
+                if cancel.is_cancelled() {
                     return;
                 }
-                if lock(&self.banned).contains(&peer.node_name) {
-                    return;
+                {
+                    let swarm = self.swarm();
+                    if swarm.board().is_complete() || swarm.is_banned(&peer.node_name) {
+                        return;
+                    }
                 }
                 let result = tokio::select! {
                     r = self.session(&peer, &cancel) => r,
@@ -91,7 +79,7 @@ impl Transfer {
                             .peers_dropped
                             .get_or_create(&ReasonLabels { reason: "bad_data" })
                             .inc();
-                        lock(&self.banned).insert(peer.node_name.clone());
+                        self.swarm().ban(peer.node_name.clone());
                         return;
                     }
                     Err(e) => {
@@ -153,12 +141,12 @@ impl Transfer {
         }
         // A refusal is no sign of life for the fallback (see
         // `crate::reach`): only a welcome is.
-        lock(&self.reach).session_opened(&peer.node_name, Instant::now());
+        self.swarm().session_opened(&peer.node_name, Instant::now());
         self.metrics.active_peers.inc();
         let _active = scopeguard(|| {
             self.metrics.active_peers.dec();
             // It was up until now.
-            lock(&self.reach).session_closed(&peer.node_name, Instant::now());
+            self.swarm().session_closed(&peer.node_name, Instant::now());
         });
 
         let core = Arc::new(Mutex::new(PeerSession::new(
@@ -182,12 +170,7 @@ impl Transfer {
         // chunk only this peer "holds" would never go to the origin.
         reader.abort();
         let _ = reader.await;
-        {
-            // Lock order everywhere: the session, then the board.
-            let mut session = lock(&core);
-            let mut board = lock(&self.board);
-            session.close(&mut board);
-        }
+        self.with_session(&core, |session, swarm| swarm.close_session(session));
         self.bump();
         result
     }
@@ -201,12 +184,8 @@ impl Transfer {
     ) -> Result<(), SessionError> {
         let mut version = self.board_version.subscribe();
         loop {
-            let relays = lock(&self.reach).live() > 1;
-            let next = {
-                let mut session = lock(core);
-                let mut board = lock(&self.board);
-                session.fill(&mut board, Instant::now(), relays)
-            };
+            let next =
+                self.with_session(core, |session, swarm| swarm.fill(session, Instant::now()));
             match next {
                 Next::Complete => return Ok(()),
                 Next::Send(requests) => send(wr, &requests).await?,
@@ -226,11 +205,7 @@ impl Transfer {
                         return Ok(());
                     }
                     // Endgame: cancel what another peer already delivered.
-                    let cancels = {
-                        let session = lock(core);
-                        let board = lock(&self.board);
-                        session.cancels(&board)
-                    };
+                    let cancels = self.with_session(core, |session, swarm| swarm.cancels(session));
                     send(wr, &cancels).await?;
                 }
                 _ = tokio::time::sleep_until(stall_at), if stall.is_some() => {}
@@ -298,18 +273,17 @@ impl Transfer {
             let payload = wire::read_payload(&mut rd, header).await?;
             match Frame::decode(kind, &payload)? {
                 Frame::Have(mut records) => {
-                    let fetchers = lock(&self.plan).fetchers.clone();
                     records.retain(|r| r.index < self.layout.chunk_count());
                     // Every peer passes on the same attestation of a chunk:
                     // check its signature once, not once per peer (an
                     // ed25519 verification costs far more than the rest of
-                    // a HAVE), and outside the board's lock.
-                    let known: Vec<bool> = {
-                        let board = lock(&self.board);
-                        records
-                            .iter()
-                            .map(|r| board.attestation(r.index) == Some(*r))
-                            .collect()
+                    // a HAVE), and outside the swarm's lock.
+                    let (fetchers, known) = {
+                        let swarm = self.swarm();
+                        (
+                            swarm.plan().fetchers.clone(),
+                            swarm.known_attestations(&records),
+                        )
                     };
                     let valid: Vec<ChunkRecord> = records
                         .into_iter()
@@ -317,21 +291,15 @@ impl Transfer {
                         .filter(|(r, known)| *known || fetchers.accepts(&rev, r))
                         .map(|(r, _)| r)
                         .collect();
-                    let gained = {
-                        let mut session = lock(core);
-                        let mut board = lock(&self.board);
-                        session.on_have(&mut board, valid)
-                    };
+                    let gained =
+                        self.with_session(core, |session, swarm| swarm.on_have(session, valid));
                     if gained {
                         self.bump();
                     }
                 }
                 Frame::Reject(index) => {
-                    let released = {
-                        let mut session = lock(core);
-                        let mut board = lock(&self.board);
-                        session.on_reject(&mut board, index)
-                    };
+                    let released =
+                        self.with_session(core, |session, swarm| swarm.on_reject(session, index));
                     if released {
                         // The peer no longer offers it (cancelled or gone).
                         self.bump();

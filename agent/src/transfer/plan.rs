@@ -15,7 +15,9 @@ use swarmseed_origin::{OriginClient, OriginError};
 pub(super) struct Plan {
     pub(super) generation: u64,
     pub(super) token: [u8; 32],
-    pub(super) fetchers: FetcherTable,
+    /// Shared: every HAVE a session receives is checked against it,
+    /// outside the swarm's lock.
+    pub(super) fetchers: Arc<FetcherTable>,
     /// The fetchers as assigned (reported back to the operator).
     pub(super) assigned_fetchers: Vec<pb::OriginFetcher>,
     pub(super) fetcher_nodes: Vec<(String, Vec<(u32, u32)>)>,
@@ -57,7 +59,7 @@ impl Plan {
         Ok(Self {
             generation: a.plan_generation,
             token,
-            fetchers: FetcherTable::from_plan(&a.fetchers),
+            fetchers: Arc::new(FetcherTable::from_plan(&a.fetchers)),
             assigned_fetchers: a.fetchers.clone(),
             fetcher_nodes,
             peers: a.peers.clone(),

@@ -5,7 +5,8 @@
 //! unit tests drive it directly.
 //!
 //! Every method that touches the swarm takes the [`Board`]: the caller
-//! holds the session's lock, then the board's (always in that order).
+//! holds the session's lock, then the swarm's (always in that order: see
+//! [`super::swarm`]).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -3,10 +3,10 @@
 //! announce. And recovery, which refills the board from what survived a
 //! restart.
 
-use crate::lock;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use swarmseed_core::ByteSource;
 use swarmseed_proto::ChunkDigest;
 use tracing::debug;
 
@@ -58,21 +58,21 @@ impl Transfer {
                     this.counters
                         .reused
                         .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                    this.metrics.received("reused", buf.len() as u64);
+                    this.metrics.reused(buf.len() as u64);
                     fresh.push(rec);
                 }
             }
             this.files.record_verified(&fresh)?;
-            let mut board = lock(&this.board);
-            for rec in recovered.into_iter().chain(fresh) {
-                board.complete(rec);
-                // Peers connected while recovery ran got an empty have-set:
-                // announce what survived (a lagging session re-reads the
-                // whole set).
+            recovered.extend(fresh);
+            this.swarm().recovered(&recovered);
+            // Peers connected while recovery ran got an empty have-set:
+            // announce what survived (a lagging session re-reads the whole
+            // set).
+            for &rec in &recovered {
                 this.served.announce(rec);
             }
-            if !board.verified().is_empty() {
-                debug!(verified = board.verified().count(), "recovered chunks");
+            if !recovered.is_empty() {
+                debug!(verified = recovered.len(), "recovered chunks");
             }
             Ok(())
         })
@@ -94,11 +94,9 @@ impl Transfer {
         let digest = ChunkDigest::of(&data);
         // Not ours to release any more if the session ended meanwhile: its
         // teardown released the request already.
-        let requested = {
-            let mut session = lock(session);
-            let board = lock(&self.board);
-            session.on_piece_hashed(&board, index, digest)
-        };
+        let requested = self.with_session(session, |session, swarm| {
+            swarm.on_piece_hashed(session, index, digest)
+        });
         let requested = match requested {
             Ok(r) => r,
             Err(e) => {
@@ -109,7 +107,7 @@ impl Transfer {
         let Some(_claim) = self.claim_write(index) else {
             // Endgame duplicate: already have it, or another writer does.
             if requested {
-                lock(&self.board).release(index);
+                self.swarm().release(index);
             }
             self.buffers.give(data);
             return Ok(());
@@ -124,7 +122,7 @@ impl Transfer {
         &self,
         record: ChunkRecord,
         data: ChunkBuf,
-        source: &'static str,
+        source: ByteSource,
         requested: bool,
     ) -> Result<(), SessionError> {
         if let Err(e) = self.files.write_chunk(record.index, &data) {
@@ -142,17 +140,9 @@ impl Transfer {
     /// The right to write chunk `index`, held until the chunk is committed
     /// (or its write failed); `None` if it is complete or being written.
     pub(super) fn claim_write(&self, index: u32) -> Option<ScopeGuard<impl FnMut() + '_>> {
-        let board = lock(&self.board);
-        if board.record(index).is_some() {
-            return None;
-        }
-        let claimed = lock(&self.writing).insert(index);
+        let claimed = self.swarm().claim_write(index);
         // Built only when claimed: dropping a claim releases its chunk.
-        claimed.then(|| {
-            scopeguard(move || {
-                lock(&self.writing).remove(&index);
-            })
-        })
+        claimed.then(|| scopeguard(move || self.swarm().end_write(index)))
     }
 
     pub(super) fn accept_peer_chunk(
@@ -163,18 +153,16 @@ impl Transfer {
         requested: bool,
     ) -> Result<(), SessionError> {
         // Re-announce it with the fetcher's attestation we accepted.
-        let attestation = lock(&self.board)
-            .attestation(index)
-            .filter(|r| r.digest == digest);
+        let attestation = self.swarm().attestation(index, digest);
         let record =
             attestation.unwrap_or_else(|| self.identity.attest(&self.revision(), index, digest));
-        self.store_chunk(record, data, "peer", requested)
+        self.store_chunk(record, data, ByteSource::Peer, requested)
     }
 
     fn commit(
         &self,
         record: ChunkRecord,
-        source: &'static str,
+        source: ByteSource,
         bytes: u64,
         requested: bool,
     ) -> Result<(), SessionError> {
@@ -182,21 +170,13 @@ impl Transfer {
             self.fail_storage(&e);
             return Err(e.into());
         }
-        let new = {
-            let mut board = lock(&self.board);
-            if requested {
-                board.release(record.index);
-            }
-            board.complete(record)
-        };
+        let new = self.swarm().commit(record, requested);
         if new {
-            match source {
-                "origin" => self
-                    .counters
-                    .from_origin
-                    .fetch_add(bytes, Ordering::Relaxed),
-                _ => self.counters.from_peers.fetch_add(bytes, Ordering::Relaxed),
+            let counter = match source {
+                ByteSource::Origin => &self.counters.from_origin,
+                ByteSource::Peer => &self.counters.from_peers,
             };
+            counter.fetch_add(bytes, Ordering::Relaxed);
             self.metrics.received(source, bytes);
             self.metrics.chunks_verified.inc();
             self.served.announce(record);

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::chunkmem::ChunkBuf;
+use swarmseed_proto::ChunkDigest;
 
 #[test]
 fn a_chunk_has_one_writer_at_a_time_and_none_once_complete() {
