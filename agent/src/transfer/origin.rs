@@ -6,7 +6,7 @@ use crate::lock;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use swarmseed_proto::ChunkDigest;
+use swarmseed_proto::{ChunkDigest, Reason};
 use tokio::sync::mpsc;
 use tracing::{trace, warn};
 
@@ -71,7 +71,7 @@ impl Transfer {
                 if ended || health.report_began(now) {
                     self.metrics.origin_outages.inc();
                     if let Some((e, secs)) = health.report(now) {
-                        warn!(reason = %e.reason, error = %e.message, seconds = secs, "no origin read has succeeded for a while");
+                        warn!(reason = e.known_reason().map_or("unknown", Reason::as_str), error = %e.message, seconds = secs, "no origin read has succeeded for a while");
                     }
                 }
             }
@@ -117,7 +117,10 @@ impl Transfer {
         let origin = lock(&self.plan).origin.clone();
         let Some(origin) = origin else {
             lock(&self.board).release(index);
-            self.fail("InvalidAssignment", "the assignment names no origin".into());
+            self.fail(
+                Reason::InvalidAssignment,
+                "the assignment names no origin".into(),
+            );
             return 0;
         };
         let result = async {
@@ -159,7 +162,7 @@ impl Transfer {
                     // A store error failed the transfer already, with its
                     // reason and path.
                     if !matches!(e, SessionError::Store(_)) {
-                        self.fail("StorageError", e.to_string());
+                        self.fail(Reason::StorageError, e.to_string());
                     }
                     return 0;
                 }
