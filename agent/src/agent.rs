@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use swarmseed_origin::OriginError;
 use swarmseed_proto::pb::{self, DatasetState};
-use swarmseed_proto::{ChunkLayout, LayoutError, RevisionId};
+use swarmseed_proto::{ChunkLayout, LayoutError, Reason, RevisionId};
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -42,43 +42,36 @@ impl ApplyError {
     }
 
     /// The condition reason the operator shows for a refused assignment.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::Invalid(_) => "InvalidAssignment",
-            Self::Layout(_) => "InvalidSource",
+            Self::Invalid(_) => Reason::InvalidAssignment,
+            Self::Layout(_) => Reason::InvalidSource,
             Self::Store(e) => e.reason(),
             Self::Origin(e) => e.reason(),
         }
     }
 }
 
-/// gRPC metadata key of a refused assignment's condition reason.
-pub use swarmseed_proto::REASON_METADATA;
-
+/// A refused assignment: its gRPC code, and its condition reason in the
+/// status details (see [`swarmseed_proto::refusal`]).
 impl From<ApplyError> for tonic::Status {
     fn from(e: ApplyError) -> Self {
-        let msg = e.to_string();
-        let mut status = match &e {
-            ApplyError::Invalid(_) | ApplyError::Layout(_) => tonic::Status::invalid_argument(msg),
+        use tonic::Code;
+        let code = match &e {
+            ApplyError::Invalid(_) | ApplyError::Layout(_) => Code::InvalidArgument,
             ApplyError::Store(StoreError::UnsafePath { .. } | StoreError::InvalidName(_)) => {
-                tonic::Status::invalid_argument(msg)
+                Code::InvalidArgument
             }
-            ApplyError::Store(e) if e.is_out_of_space() => tonic::Status::resource_exhausted(msg),
-            ApplyError::Store(StoreError::Occupied { .. }) => {
-                tonic::Status::failed_precondition(msg)
-            }
+            ApplyError::Store(e) if e.is_out_of_space() => Code::ResourceExhausted,
+            ApplyError::Store(StoreError::Occupied { .. }) => Code::FailedPrecondition,
             ApplyError::Store(
                 StoreError::Io { .. }
                 | StoreError::Write { .. }
                 | StoreError::InsufficientStorage { .. },
-            ) => tonic::Status::internal(msg),
-            ApplyError::Origin(_) => tonic::Status::invalid_argument(msg),
+            ) => Code::Internal,
+            ApplyError::Origin(_) => Code::InvalidArgument,
         };
-        status.metadata_mut().insert(
-            REASON_METADATA,
-            tonic::metadata::MetadataValue::from_static(e.reason()),
-        );
-        status
+        swarmseed_proto::refusal(code, e.reason(), e.to_string())
     }
 }
 
@@ -584,8 +577,8 @@ mod tests {
         let status = tonic::Status::from(e);
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert_eq!(
-            status.metadata().get(REASON_METADATA).unwrap(),
-            "InsufficientStorage"
+            swarmseed_proto::refusal_reason(&status),
+            Some(Reason::InsufficientStorage)
         );
     }
 }

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use swarmseed_proto::pb;
+use swarmseed_proto::{Reason, pb};
 
 /// How long no origin read may succeed, while reads fail, before the error
 /// is reported.
@@ -32,7 +32,7 @@ pub struct OriginHealth {
     /// nothing from the origin.
     fine_at: Instant,
     /// Reason and message of the last failure since then.
-    last_error: Option<(&'static str, String)>,
+    last_error: Option<(Reason, String)>,
     /// Failures since then.
     failures: u32,
     /// Whether the current run of failures has been reported already.
@@ -66,7 +66,7 @@ impl OriginHealth {
     /// A read failed with a transient error (`reason`: a condition reason
     /// such as `SourceUnavailable`). Returns how long to wait before that
     /// chunk is tried again.
-    pub fn failed(&mut self, reason: &'static str, message: String) -> Duration {
+    pub fn failed(&mut self, reason: Reason, message: String) -> Duration {
         self.last_error = Some((reason, message));
         self.failures = self.failures.saturating_add(1);
         let doublings = (self.failures - 1).min(8);
@@ -79,10 +79,7 @@ impl OriginHealth {
         let quiet = now.saturating_duration_since(self.fine_at);
         (quiet >= REPORT_AFTER).then(|| {
             (
-                pb::ErrorInfo {
-                    reason: (*reason).to_owned(),
-                    message: message.clone(),
-                },
+                pb::ErrorInfo::new(*reason, message.clone()),
                 u32::try_from(quiet.as_secs()).unwrap_or(u32::MAX),
             )
         })
@@ -103,7 +100,7 @@ mod tests {
 
     fn unavailable(h: &mut OriginHealth) -> Duration {
         h.failed(
-            "SourceUnavailable",
+            Reason::SourceUnavailable,
             "a.bin: origin unavailable: connection refused".into(),
         )
     }
@@ -117,7 +114,7 @@ mod tests {
         unavailable(&mut h);
         assert!(h.report(t0 + Duration::from_secs(6)).is_none());
         let (error, seconds) = h.report(t0 + REPORT_AFTER).expect("reported");
-        assert_eq!(error.reason, "SourceUnavailable");
+        assert_eq!(error.known_reason(), Some(Reason::SourceUnavailable));
         assert!(error.message.contains("connection refused"), "{error:?}");
         assert_eq!(seconds, 10);
         assert_eq!(h.report(t0 + Duration::from_secs(42)).unwrap().1, 42);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use swarm_support::*;
 use swarmseed_origin::{OriginClient, OriginOptions};
-use swarmseed_proto::pb;
+use swarmseed_proto::{Reason, pb};
 
 async fn list(origin: &pb::Origin) -> Vec<pb::FileEntry> {
     OriginClient::new(origin, OriginOptions::default())
@@ -465,7 +465,7 @@ async fn fetchers_that_refused_or_failed_their_assignment_are_replaced_by_the_or
     }
     let p = wait_progress(&agents[1], Duration::from_secs(30), "failed", failed).await;
     let error = p.error.unwrap();
-    assert_eq!(error.reason, "StorageError");
+    assert_eq!(error.known_reason(), Some(Reason::StorageError));
     assert!(
         error.message.contains(&blocked.display().to_string()),
         "{}",
@@ -542,7 +542,11 @@ async fn a_node_whose_disk_fills_during_the_seed_fails_with_insufficient_storage
 
     let p = wait_progress(&agents[2], Duration::from_secs(30), "failed", failed).await;
     let error = p.error.clone().unwrap();
-    assert_eq!(error.reason, "InsufficientStorage", "{error:?}");
+    assert_eq!(
+        error.known_reason(),
+        Some(Reason::InsufficientStorage),
+        "{error:?}"
+    );
     // The chunk's file, or the chunk log if that filled the disk first.
     assert!(
         error
@@ -618,7 +622,11 @@ async fn an_origin_outage_is_reported_in_progress_and_the_seed_resumes_when_it_e
         })
         .await;
         let error = p.origin_error.unwrap();
-        assert_eq!(error.reason, "SourceUnavailable", "{error:?}");
+        assert_eq!(
+            error.known_reason(),
+            Some(Reason::SourceUnavailable),
+            "{error:?}"
+        );
         assert!(error.message.contains("503"), "{}", error.message);
         assert!(p.origin_error_seconds >= 10, "{}", p.origin_error_seconds);
         assert_eq!(p.state, pb::DatasetState::Transferring as i32);
@@ -673,7 +681,11 @@ async fn a_revision_that_failed_with_source_changed_hands_its_chunks_to_the_reli
     let mut before = Vec::new();
     for agent in &agents {
         let p = wait_progress(agent, Duration::from_secs(30), "failed", failed).await;
-        assert_eq!(p.error.as_ref().unwrap().reason, "SourceChanged", "{p:?}");
+        assert_eq!(
+            p.error.as_ref().unwrap().known_reason(),
+            Some(Reason::SourceChanged),
+            "{p:?}"
+        );
         before.push(p);
     }
     let served_first = http.served();

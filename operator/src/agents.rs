@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use swarmseed_proto::pb;
 use swarmseed_proto::pb::agent_control_client::AgentControlClient;
+use swarmseed_proto::{Reason, pb};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -49,15 +49,11 @@ pub enum AgentError {
 
 impl AgentError {
     /// The condition reason when the agent answered and refused (it names
-    /// it in the `swarmseed-reason` response metadata); `None` when it could
-    /// not be asked.
-    pub fn refusal(&self) -> Option<&str> {
+    /// it in the status details: [`swarmseed_proto::refusal`]); `None` when
+    /// it could not be asked.
+    pub fn refusal(&self) -> Option<Reason> {
         match self {
-            Self::Call { status, .. } => status
-                .metadata()
-                .get(swarmseed_proto::REASON_METADATA)
-                .and_then(|v| v.to_str().ok())
-                .filter(|r| !r.is_empty()),
+            Self::Call { status, .. } => swarmseed_proto::refusal_reason(status),
             _ => None,
         }
     }

@@ -41,7 +41,7 @@ use crate::agents::{AGENT_SELECTOR, AgentClient, AgentError, ControlToken};
 use crate::events::{EventPublisher, EventType};
 use crate::node_label;
 use crate::selector;
-use crate::status::{DatasetProblem, reason};
+use crate::status::{DatasetProblem, Reason};
 use swarmseed_crd::Dataset;
 
 /// The finalizer that keeps a Dataset until every node dropped it.
@@ -211,7 +211,14 @@ impl Context {
     }
 
     /// Publishes an Event on a Dataset; failures are logged, never fatal.
-    async fn event(&self, regarding: &ObjectReference, type_: EventType, reason: &str, note: &str) {
+    async fn event(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: Reason,
+        note: &str,
+    ) {
+        let reason = reason.as_str();
         if let Err(e) = self.events.publish(regarding, type_, reason, note).await {
             tracing::warn!(error = %e, reason, "publishing an event failed");
         }
@@ -526,7 +533,7 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
         Ok(s) => s,
         Err(e) => {
             let problem = DatasetProblem {
-                reason: reason::INVALID_SOURCE,
+                reason: Reason::InvalidSource,
                 message: e.to_string(),
             };
             let selector = selector::describe(&ds.spec);

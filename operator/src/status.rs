@@ -23,14 +23,13 @@ use swarmseed_crd::{
 /// Status writes per Dataset are at least this far apart.
 pub const MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
-pub use swarmseed_crd::condition::{CONTENT_PINNED, DEGRADED, PROGRESSING, READY, reason};
+pub use swarmseed_crd::condition::{CONTENT_PINNED, DEGRADED, PROGRESSING, READY, Reason};
 
 /// A problem of the whole Dataset, found by the operator itself (listing
 /// the source, validating the spec), before or besides any agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatasetProblem {
-    /// One of [`reason`]'s constants.
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -44,7 +43,7 @@ pub enum NodeReport {
     Unreachable(String),
     /// The agent answered but refused the assignment (no room on its disk,
     /// an unsafe path, ...): the condition reason and its message.
-    Refused { reason: String, message: String },
+    Refused { reason: Reason, message: String },
 }
 
 /// The revision being held, from the source listing.
@@ -80,32 +79,32 @@ pub struct StatusInput<'a> {
 enum NodeState {
     Ready,
     Seeding,
-    Failed(FailedNode),
+    Failed(Reason, FailedNode),
 }
 
 fn classify(node: &str, report: &NodeReport, revision: Option<&RevisionInfo>) -> NodeState {
-    let failed = |reason: &str, message: &str| {
-        NodeState::Failed(FailedNode {
-            node: node.to_owned(),
-            reason: reason.to_owned(),
-            message: message.to_owned(),
-        })
+    let failed = |reason: Reason, message: &str| {
+        NodeState::Failed(
+            reason,
+            FailedNode {
+                node: node.to_owned(),
+                reason: reason.to_string(),
+                message: message.to_owned(),
+            },
+        )
     };
     match report {
-        NodeReport::Unreachable(msg) => failed(reason::AGENT_UNREACHABLE, msg),
-        NodeReport::Refused { reason, message } => failed(reason, message),
+        NodeReport::Unreachable(msg) => failed(Reason::AgentUnreachable, msg),
+        NodeReport::Refused { reason, message } => failed(*reason, message),
         NodeReport::Progress(None) => NodeState::Seeding,
         NodeReport::Progress(Some(p)) => {
             let current = revision.is_some_and(|r| r.revision == p.revision);
             match p.state() {
                 DatasetState::Failed => {
                     let e = p.error.clone().unwrap_or_default();
-                    let reason = if e.reason.is_empty() {
-                        reason::NODE_FAILED
-                    } else {
-                        &e.reason
-                    };
-                    failed(reason, &e.message)
+                    // An agent of another version may name a reason this
+                    // operator does not know.
+                    failed(e.known_reason().unwrap_or(Reason::NodeFailed), &e.message)
                 }
                 DatasetState::Ready if current && p.published_revision == p.revision => {
                     NodeState::Ready
@@ -162,7 +161,7 @@ fn progress_entry(
                 entry.bytes_from_peers = p.bytes_from_peers;
                 entry.state = match (class, p.state()) {
                     (NodeState::Ready, _) => NodeProgressState::Ready,
-                    (NodeState::Failed(_), _) => NodeProgressState::Failed,
+                    (NodeState::Failed(..), _) => NodeProgressState::Failed,
                     (_, DatasetState::Transferring) => NodeProgressState::Transferring,
                     // Ready but not yet published as the current revision.
                     (_, DatasetState::Publishing | DatasetState::Ready) => {
@@ -170,7 +169,7 @@ fn progress_entry(
                     }
                     _ => NodeProgressState::Pending,
                 };
-            } else if let NodeState::Failed(_) = class {
+            } else if let NodeState::Failed(..) = class {
                 entry.state = NodeProgressState::Failed;
             }
         }
@@ -198,7 +197,7 @@ pub fn compute(input: &StatusInput<'_>) -> DatasetStatus {
         match class {
             NodeState::Ready => counts.ready += 1,
             NodeState::Seeding => counts.seeding += 1,
-            NodeState::Failed(f) => failed.push(f),
+            NodeState::Failed(r, f) => failed.push((r, f)),
         }
         if let NodeReport::Progress(Some(p)) = report
             && rev.is_some_and(|r| r.revision == p.revision)
@@ -215,18 +214,19 @@ pub fn compute(input: &StatusInput<'_>) -> DatasetStatus {
     let total_failed = failed.len();
 
     // The most frequent failure reason names the Dataset's problem; ties go
-    // to the first in reason order, so the choice is stable.
-    let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
-    for f in &failed {
-        *by_reason.entry(f.reason.as_str()).or_default() += 1;
+    // to the first by name, so the choice is stable.
+    let mut by_reason: BTreeMap<Reason, usize> = BTreeMap::new();
+    for (r, _) in &failed {
+        *by_reason.entry(*r).or_default() += 1;
     }
     let dominant = by_reason
         .iter()
-        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.as_str().cmp(a.0.as_str())))
         .map(|(r, _)| *r);
     let dominant_message = dominant
-        .and_then(|r| failed.iter().find(|f| f.reason == r))
-        .map(|f| format!("{} node(s) failed; {}: {}", total_failed, f.node, f.message));
+        .and_then(|r| failed.iter().find(|(fr, _)| *fr == r))
+        .map(|(_, f)| format!("{} node(s) failed; {}: {}", total_failed, f.node, f.message));
+    let mut failed: Vec<FailedNode> = failed.into_iter().map(|(_, f)| f).collect();
 
     // Nodes whose origin reads keep failing, the longest first: the
     // transfer goes on, but whatever only the origin has waits.
@@ -247,11 +247,7 @@ pub fn compute(input: &StatusInput<'_>) -> DatasetStatus {
         .collect();
     origin_trouble.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     let origin_problem = origin_trouble.first().map(|(node, secs, e)| {
-        let reason = if e.reason.is_empty() {
-            reason::SOURCE_UNAVAILABLE
-        } else {
-            e.reason.as_str()
-        };
+        let reason = e.known_reason().unwrap_or(Reason::SourceUnavailable);
         let others = match origin_trouble.len() - 1 {
             0 => String::new(),
             n => format!(" (and on {n} other node(s))"),
@@ -264,49 +260,49 @@ pub fn compute(input: &StatusInput<'_>) -> DatasetStatus {
     });
 
     let all = counts.desired;
-    let mut conditions: Vec<(&str, bool, String, String)> = Vec::new();
+    let mut conditions: Vec<(&str, bool, Reason, String)> = Vec::new();
     if let Some(p) = input.problem {
-        conditions.push((READY, false, p.reason.into(), p.message.clone()));
-        conditions.push((PROGRESSING, false, p.reason.into(), p.message.clone()));
-        conditions.push((DEGRADED, true, p.reason.into(), p.message.clone()));
+        conditions.push((READY, false, p.reason, p.message.clone()));
+        conditions.push((PROGRESSING, false, p.reason, p.message.clone()));
+        conditions.push((DEGRADED, true, p.reason, p.message.clone()));
     } else if all == 0 {
         let msg = format!(
             "no node running a swarmseed agent matches the selector ({}) or tolerates its taints",
             input.selector
         );
-        conditions.push((READY, false, reason::NO_MATCHING_NODES.into(), msg.clone()));
-        conditions.push((PROGRESSING, false, reason::NO_MATCHING_NODES.into(), msg));
-        conditions.push((DEGRADED, false, reason::AS_EXPECTED.into(), String::new()));
+        conditions.push((READY, false, Reason::NoMatchingNodes, msg.clone()));
+        conditions.push((PROGRESSING, false, Reason::NoMatchingNodes, msg));
+        conditions.push((DEGRADED, false, Reason::AsExpected, String::new()));
     } else {
         let rev_text = rev.map(|r| short(&r.revision)).unwrap_or_default();
         if counts.ready == all {
             conditions.push((
                 READY,
                 true,
-                reason::READY.into(),
+                Reason::Ready,
                 format!("{all}/{all} nodes hold a verified copy of revision {rev_text}"),
             ));
         } else {
-            let why = dominant.unwrap_or(reason::NOT_READY);
+            let why = dominant.unwrap_or(Reason::NotReady);
             let msg = format!(
                 "{}/{} nodes ready, {} seeding, {} failed",
                 counts.ready, all, counts.seeding, counts.failed
             );
-            conditions.push((READY, false, why.into(), msg));
+            conditions.push((READY, false, why, msg));
         }
         if counts.seeding > 0 {
             let msg = format!("{} node(s) receiving revision {rev_text}", counts.seeding);
-            conditions.push((PROGRESSING, true, reason::SEEDING.into(), msg));
+            conditions.push((PROGRESSING, true, Reason::Seeding, msg));
         } else if counts.failed > 0 {
             let msg = "no node is making progress".to_owned();
-            conditions.push((PROGRESSING, false, reason::STALLED.into(), msg));
+            conditions.push((PROGRESSING, false, Reason::Stalled, msg));
         } else {
-            conditions.push((PROGRESSING, false, reason::COMPLETE.into(), String::new()));
+            conditions.push((PROGRESSING, false, Reason::Complete, String::new()));
         }
         match (dominant, dominant_message, origin_problem) {
-            (Some(r), Some(m), _) => conditions.push((DEGRADED, true, r.into(), m)),
-            (_, _, Some((r, m))) => conditions.push((DEGRADED, true, r.into(), m)),
-            _ => conditions.push((DEGRADED, false, reason::AS_EXPECTED.into(), String::new())),
+            (Some(r), Some(m), _) => conditions.push((DEGRADED, true, r, m)),
+            (_, _, Some((r, m))) => conditions.push((DEGRADED, true, r, m)),
+            _ => conditions.push((DEGRADED, false, Reason::AsExpected, String::new())),
         }
     }
 
@@ -320,14 +316,9 @@ pub fn compute(input: &StatusInput<'_>) -> DatasetStatus {
                  published",
                 r.weak_validators.count
             );
-            conditions.push((CONTENT_PINNED, true, reason::DIGEST_PINNED.into(), message));
+            conditions.push((CONTENT_PINNED, true, Reason::DigestPinned, message));
         } else {
-            conditions.push((
-                CONTENT_PINNED,
-                false,
-                reason::WEAK_VALIDATORS.into(),
-                message,
-            ));
+            conditions.push((CONTENT_PINNED, false, Reason::WeakValidators, message));
         }
     }
 
@@ -398,18 +389,18 @@ pub fn terminating(
         (
             READY,
             false,
-            reason::TERMINATING,
+            Reason::Terminating,
             format!("being deleted: {waiting}"),
         ),
         (
             PROGRESSING,
             true,
-            reason::TERMINATING,
+            Reason::Terminating,
             format!("being deleted: {waiting}"),
         ),
     ];
     if blocked.is_empty() {
-        conditions.push((DEGRADED, false, reason::AS_EXPECTED, String::new()));
+        conditions.push((DEGRADED, false, Reason::AsExpected, String::new()));
     } else {
         const SHOWN: usize = 5;
         let mut named: Vec<String> = blocked
@@ -424,20 +415,12 @@ pub fn terminating(
             "the deletion waits for nodes whose agent runs but cannot be reached: {}; it completes once they answer or their agent Pods are gone",
             named.join("; ")
         );
-        conditions.push((DEGRADED, true, reason::DELETION_BLOCKED, message));
+        conditions.push((DEGRADED, true, Reason::DeletionBlocked, message));
     }
     out.conditions = conditions
         .into_iter()
         .map(|(type_, ok, reason, message)| {
-            condition(
-                previous,
-                type_,
-                ok,
-                reason.to_owned(),
-                message,
-                generation,
-                &now,
-            )
+            condition(previous, type_, ok, reason, message, generation, &now)
         })
         .collect();
     out
@@ -451,7 +434,7 @@ fn condition(
     previous: Option<&DatasetStatus>,
     type_: &str,
     ok: bool,
-    reason: String,
+    reason: Reason,
     message: String,
     generation: Option<i64>,
     now: &Time,
@@ -466,7 +449,7 @@ fn condition(
     Condition {
         type_: type_.to_owned(),
         status: status.to_owned(),
-        reason,
+        reason: reason.to_string(),
         message,
         observed_generation: generation,
         last_transition_time,
@@ -475,7 +458,7 @@ fn condition(
 
 /// A milestone or failure worth a Kubernetes Event: (warning, reason,
 /// note).
-pub type Milestone = (bool, String, String);
+pub type Milestone = (bool, Reason, String);
 
 /// The Events a status change deserves: Ready turning true (a milestone),
 /// and Degraded turning true or changing its reason (a warning).
@@ -489,14 +472,16 @@ pub fn milestones(stored: Option<&DatasetStatus>, new: &DatasetStatus) -> Vec<Mi
     if let Some(c) = now(READY)
         && c.status == "True"
         && find(stored, READY).is_none_or(|(ok, _)| !ok)
+        && let Ok(reason) = c.reason.parse()
     {
-        out.push((false, c.reason.clone(), c.message.clone()));
+        out.push((false, reason, c.message.clone()));
     }
     if let Some(c) = now(DEGRADED)
         && c.status == "True"
         && find(stored, DEGRADED).is_none_or(|(ok, r)| !ok || r != c.reason)
+        && let Ok(reason) = c.reason.parse()
     {
-        out.push((true, c.reason.clone(), c.message.clone()));
+        out.push((true, reason, c.message.clone()));
     }
     out
 }

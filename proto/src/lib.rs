@@ -10,10 +10,13 @@
 //!   revision holds, independent of where it came from.
 //! - [`path`]: the rules a listed path must obey before anything touches a
 //!   disk.
+//! - [`reason`]: condition reasons across gRPC (a proto enum, and the
+//!   details of the status with which an agent refuses a call).
 
 pub mod digest;
 pub mod layout;
 pub mod path;
+pub mod reason;
 
 /// Generated protobuf and tonic code for `swarmseed.agent.v1`.
 #[allow(clippy::all, missing_docs)]
@@ -21,9 +24,8 @@ pub mod pb {
     tonic::include_proto!("swarmseed.agent.v1");
 }
 
-/// gRPC response metadata an agent sets when it refuses an assignment: the
-/// Dataset condition reason (e.g. `InsufficientStorage`, `UnsafePath`).
-pub const REASON_METADATA: &str = "swarmseed-reason";
+pub use reason::{UnspecifiedReason, refusal, refusal_reason};
+pub use swarmseed_core::Reason;
 
 pub use digest::{ChunkDigest, ContentDigest};
 pub use layout::{Chunk, ChunkLayout, LayoutError, RevisionId, Segment};

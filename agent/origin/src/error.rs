@@ -1,6 +1,7 @@
 //! The one error type of origin access, with stable labels for metrics and
 //! the condition reasons the operator shows on a `Dataset`.
 
+use swarmseed_proto::Reason;
 use thiserror::Error;
 
 /// Why an origin operation failed. `path` is the file (relative to the URI)
@@ -68,7 +69,7 @@ impl OriginError {
     }
 
     /// The reason of the `Dataset` condition this error leads to.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
             Self::InvalidUri { .. }
             | Self::Unsupported { .. }
@@ -76,10 +77,10 @@ impl OriginError {
             | Self::Protocol { .. }
             | Self::NoFiles { .. }
             | Self::UnusableName { .. }
-            | Self::TooLarge { .. } => "InvalidSource",
-            Self::Changed { .. } => "SourceChanged",
-            Self::Denied { .. } => "SourceDenied",
-            Self::Unavailable { .. } => "SourceUnavailable",
+            | Self::TooLarge { .. } => Reason::InvalidSource,
+            Self::Changed { .. } => Reason::SourceChanged,
+            Self::Denied { .. } => Reason::SourceDenied,
+            Self::Unavailable { .. } => Reason::SourceUnavailable,
         }
     }
 
@@ -153,7 +154,7 @@ mod tests {
                     reason: m(),
                 },
                 "invalid_uri",
-                "InvalidSource",
+                Reason::InvalidSource,
             ),
             (
                 OriginError::Unsupported {
@@ -161,17 +162,17 @@ mod tests {
                     reason: m(),
                 },
                 "unsupported",
-                "InvalidSource",
+                Reason::InvalidSource,
             ),
             (
                 OriginError::NotFound { path: p() },
                 "not_found",
-                "InvalidSource",
+                Reason::InvalidSource,
             ),
             (
                 OriginError::Changed { path: p() },
                 "changed",
-                "SourceChanged",
+                Reason::SourceChanged,
             ),
             (
                 OriginError::Denied {
@@ -179,7 +180,7 @@ mod tests {
                     message: m(),
                 },
                 "denied",
-                "SourceDenied",
+                Reason::SourceDenied,
             ),
             (
                 OriginError::Unavailable {
@@ -187,7 +188,7 @@ mod tests {
                     message: m(),
                 },
                 "unavailable",
-                "SourceUnavailable",
+                Reason::SourceUnavailable,
             ),
             (
                 OriginError::Protocol {
@@ -195,7 +196,7 @@ mod tests {
                     message: m(),
                 },
                 "protocol",
-                "InvalidSource",
+                Reason::InvalidSource,
             ),
             (
                 OriginError::NoFiles {
@@ -203,7 +204,7 @@ mod tests {
                     detail: m(),
                 },
                 "no_files",
-                "InvalidSource",
+                Reason::InvalidSource,
             ),
             (
                 OriginError::UnusableName {
@@ -212,7 +213,7 @@ mod tests {
                     message: m(),
                 },
                 "unusable_name",
-                "InvalidSource",
+                Reason::InvalidSource,
             ),
             (
                 OriginError::TooLarge {
@@ -220,7 +221,7 @@ mod tests {
                     message: m(),
                 },
                 "too_large",
-                "InvalidSource",
+                Reason::InvalidSource,
             ),
         ];
         for (error, label, reason) in cases {

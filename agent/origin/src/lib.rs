@@ -585,6 +585,7 @@ fn credential<'a>(origin: &'a Origin, key: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use swarmseed_proto::Reason;
 
     fn filter(include: &[&str], exclude: &[&str]) -> PathFilter {
         let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -613,7 +614,7 @@ mod tests {
         t.listed("u", MAX_LISTED_ENTRIES, 0).unwrap();
         let err = t.listed("u", 1, 1).unwrap_err();
         assert_eq!(err.label(), "too_large");
-        assert_eq!(err.reason(), "InvalidSource");
+        assert_eq!(err.reason(), Reason::InvalidSource);
         assert!(
             err.to_string().contains("more than 16000000 entries"),
             "{err}"

@@ -229,6 +229,7 @@ pub(crate) fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use swarmseed_proto::Reason;
 
     fn hf(kind: HfKind, repo: &str, revision: &str, subdir: &str) -> OriginUri {
         OriginUri::Hf {
@@ -351,7 +352,7 @@ mod tests {
     fn unknown_schemes_are_unsupported() {
         let err = OriginUri::parse("ftp://host/x").unwrap_err();
         assert_eq!(err.label(), "unsupported");
-        assert_eq!(err.reason(), "InvalidSource");
+        assert_eq!(err.reason(), Reason::InvalidSource);
         assert_eq!(
             OriginUri::parse("/local/path").unwrap_err().label(),
             "invalid_uri"
@@ -376,7 +377,7 @@ mod tests {
             fn arbitrary_uris_never_panic(uri in any::<String>()) {
                 match OriginUri::parse(&uri) {
                     Ok(_) => {}
-                    Err(e) => prop_assert_eq!(e.reason(), "InvalidSource"),
+                    Err(e) => prop_assert_eq!(e.reason(), Reason::InvalidSource),
                 }
                 let _ = percent_decode(&uri);
             }

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::Response;
 use bytes::Bytes;
 use swarmseed_origin::{OriginClient, OriginError, OriginOptions};
+use swarmseed_proto::Reason;
 use swarmseed_proto::pb::Origin;
 
 mod origin_support;
@@ -470,7 +471,7 @@ async fn missing_repositories_revisions_and_tokens_are_reported() {
     let missing = OriginClient::new(&origin(&fx, "hf://org/nothing", true), options()).unwrap();
     let err = missing.list(&[], &[]).await.unwrap_err();
     assert_eq!(err.label(), "not_found");
-    assert_eq!(err.reason(), "InvalidSource");
+    assert_eq!(err.reason(), Reason::InvalidSource);
 
     let bad_rev = OriginClient::new(&origin(&fx, "hf://org/model@nope", true), options()).unwrap();
     assert_eq!(
@@ -481,7 +482,7 @@ async fn missing_repositories_revisions_and_tokens_are_reported() {
     let no_token = OriginClient::new(&origin(&fx, "hf://org/model", false), options()).unwrap();
     let err = no_token.list(&[], &[]).await.unwrap_err();
     assert_eq!(err.label(), "denied");
-    assert_eq!(err.reason(), "SourceDenied");
+    assert_eq!(err.reason(), Reason::SourceDenied);
     assert!(err.to_string().contains("HF_TOKEN is not set"), "{err}");
 }
 

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use bytes::Bytes;
 use swarmseed_origin::{OriginClient, OriginError, OriginOptions};
+use swarmseed_proto::Reason;
 use swarmseed_proto::pb::{FileEntry, Origin};
 
 mod origin_support;
@@ -332,7 +333,7 @@ async fn a_file_changed_after_listing_is_never_read() {
             path: "config.json".into()
         }
     );
-    assert_eq!(err.reason(), "SourceChanged");
+    assert_eq!(err.reason(), Reason::SourceChanged);
 
     // A server that ignores If-Match still names the new ETag.
     site.ignore_if_match.store(true, Ordering::SeqCst);
@@ -392,7 +393,7 @@ async fn transient_errors_are_retried_then_succeed() {
     site.fail_next.store(5, Ordering::SeqCst);
     let err = once.read_range(model, 0..1000).await.unwrap_err();
     assert_eq!(err.label(), "unavailable");
-    assert_eq!(err.reason(), "SourceUnavailable");
+    assert_eq!(err.reason(), Reason::SourceUnavailable);
     assert!(err.to_string().contains("503"), "{err}");
     site.fail_next.store(0, Ordering::SeqCst);
 }
@@ -486,7 +487,7 @@ async fn bearer_tokens_are_sent_and_refusals_reported() {
     let anonymous = OriginClient::new(&origin(format!("{base}/data/")), fast()).unwrap();
     let err = anonymous.list(&[], &[]).await.unwrap_err();
     assert_eq!(err.label(), "denied");
-    assert_eq!(err.reason(), "SourceDenied");
+    assert_eq!(err.reason(), Reason::SourceDenied);
 
     let mut with_token = origin(format!("{base}/data/"));
     with_token
@@ -571,7 +572,7 @@ async fn an_empty_directory_or_globs_that_match_nothing_have_no_files() {
             detail: "the origin lists no file there".into()
         }
     );
-    assert_eq!(err.reason(), "InvalidSource");
+    assert_eq!(err.reason(), Reason::InvalidSource);
 
     let base = start(sample_site()).await;
     let uri = format!("{base}/data/");
@@ -580,7 +581,7 @@ async fn an_empty_directory_or_globs_that_match_nothing_have_no_files() {
         .list(&strings(&["**/*.parquet"]), &[])
         .await
         .unwrap_err();
-    assert_eq!(err.reason(), "InvalidSource");
+    assert_eq!(err.reason(), Reason::InvalidSource);
     assert_eq!(
         err.to_string(),
         format!("{uri}: no files: 6 file(s) listed, none matches include [\"**/*.parquet\"]")
@@ -625,7 +626,7 @@ async fn unusable_names_in_a_directory_listing_are_refused_naming_them() {
             .await
             .unwrap_err();
         assert_eq!(err.label(), "unusable_name", "{name}: {err}");
-        assert_eq!(err.reason(), "InvalidSource");
+        assert_eq!(err.reason(), Reason::InvalidSource);
         assert!(err.to_string().contains(&format!("{name:?}")), "{err}");
     }
 }
@@ -705,7 +706,7 @@ async fn with_a_digest_offered_a_rewrite_in_place_is_refused_naming_the_file() {
             path: "weights/model-00001.safetensors".into()
         }
     );
-    assert_eq!(err.reason(), "SourceChanged");
+    assert_eq!(err.reason(), Reason::SourceChanged);
 
     // A small file read whole, from a server that sends the digest only
     // to HEAD: the bytes are hashed.

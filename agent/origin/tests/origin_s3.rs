@@ -12,6 +12,7 @@ use object_store::ObjectStoreExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use swarmseed_origin::{OriginClient, OriginError, OriginOptions};
+use swarmseed_proto::Reason;
 use swarmseed_proto::pb::Origin;
 
 mod origin_support;
@@ -193,7 +194,7 @@ async fn missing_buckets_are_not_found_and_empty_prefixes_have_no_files() {
         .await
         .unwrap_err();
     assert_eq!(err.label(), "not_found", "{err}");
-    assert_eq!(err.reason(), "InvalidSource");
+    assert_eq!(err.reason(), Reason::InvalidSource);
 
     let err = OriginClient::new(&moto.origin("s3://data/absent"), options())
         .unwrap()
@@ -207,7 +208,7 @@ async fn missing_buckets_are_not_found_and_empty_prefixes_have_no_files() {
             detail: "the origin lists no file there".into()
         }
     );
-    assert_eq!(err.reason(), "InvalidSource");
+    assert_eq!(err.reason(), Reason::InvalidSource);
     // Files there, but the globs keep none: the message says which.
     let err = OriginClient::new(&moto.origin("s3://data/present"), options())
         .unwrap()
@@ -235,7 +236,7 @@ async fn missing_buckets_are_not_found_and_empty_prefixes_have_no_files() {
         .await
         .unwrap_err();
     assert_eq!(err.label(), "denied", "{err}");
-    assert_eq!(err.reason(), "SourceDenied");
+    assert_eq!(err.reason(), Reason::SourceDenied);
     assert!(err.to_string().contains("403"), "{err}");
 }
 
@@ -258,7 +259,7 @@ async fn keys_that_do_not_round_trip_are_refused_naming_the_key() {
     moto.put_raw("abs", "ok.txt", b"ok").await;
     let err = list("s3://abs").await.unwrap_err();
     assert_eq!(err.label(), "unusable_name", "{err}");
-    assert_eq!(err.reason(), "InvalidSource");
+    assert_eq!(err.reason(), Reason::InvalidSource);
     let message = err.to_string();
     assert!(
         message.contains("object key \"/abs.txt\" starts with '/'"),

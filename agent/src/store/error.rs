@@ -4,6 +4,7 @@
 use std::io;
 use std::path::Path;
 
+use swarmseed_proto::Reason;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -51,14 +52,14 @@ impl StoreError {
     }
 
     /// The condition reason the operator shows for this error.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::InvalidName(_) => "InvalidAssignment",
-            Self::UnsafePath { .. } => "UnsafePath",
-            _ if self.is_out_of_space() => "InsufficientStorage",
-            Self::Io { .. } | Self::Write { .. } => "StorageError",
-            Self::InsufficientStorage { .. } => "InsufficientStorage",
-            Self::Occupied { .. } => "PathOccupied",
+            Self::InvalidName(_) => Reason::InvalidAssignment,
+            Self::UnsafePath { .. } => Reason::UnsafePath,
+            _ if self.is_out_of_space() => Reason::InsufficientStorage,
+            Self::Io { .. } | Self::Write { .. } => Reason::StorageError,
+            Self::InsufficientStorage { .. } => Reason::InsufficientStorage,
+            Self::Occupied { .. } => Reason::PathOccupied,
         }
     }
 
@@ -91,7 +92,7 @@ mod tests {
             bytes: 1 << 20,
             source: io::Error::from_raw_os_error(libc::ENOSPC),
         };
-        assert_eq!(enospc.reason(), "InsufficientStorage");
+        assert_eq!(enospc.reason(), Reason::InsufficientStorage);
         assert_eq!(enospc.label(), "insufficient_storage");
         let message = enospc.to_string();
         assert!(
@@ -103,11 +104,11 @@ mod tests {
             path: "log".into(),
             source: io::Error::from_raw_os_error(libc::EDQUOT),
         };
-        assert_eq!(quota.reason(), "InsufficientStorage");
+        assert_eq!(quota.reason(), Reason::InsufficientStorage);
         let eio = StoreError::Io {
             path: "log".into(),
             source: io::Error::from_raw_os_error(libc::EIO),
         };
-        assert_eq!(eio.reason(), "StorageError");
+        assert_eq!(eio.reason(), Reason::StorageError);
     }
 }

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use swarmseed_proto::pb;
-use swarmseed_proto::{ChunkLayout, ContentDigest, RevisionId};
+use swarmseed_proto::{ChunkLayout, ContentDigest, Reason, RevisionId};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -300,8 +300,8 @@ impl Transfer {
         self.fail(e.reason(), e.to_string());
     }
 
-    fn fail(&self, reason: &str, message: String) {
-        warn!(dataset = %self.key, reason, %message, "transfer failed");
+    fn fail(&self, reason: Reason, message: String) {
+        warn!(dataset = %self.key, %reason, %message, "transfer failed");
         self.served.set_failed();
         self.swarm().fail(reason, message);
         self.cancel.cancel();
@@ -356,7 +356,7 @@ impl Transfer {
             && pinned != digest
         {
             self.fail(
-                "DigestMismatch",
+                Reason::DigestMismatch,
                 format!(
                     "content digest is {digest}, but the spec pins {pinned}; nothing was published"
                 ),
@@ -388,7 +388,7 @@ impl Transfer {
                 });
             }
             Ok(Err(e)) => self.fail(e.reason(), e.to_string()),
-            Err(e) => self.fail("Internal", e.to_string()),
+            Err(e) => self.fail(Reason::Internal, e.to_string()),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use swarmseed_core::ByteSource;
-use swarmseed_proto::ChunkDigest;
+use swarmseed_proto::{ChunkDigest, Reason};
 use tokio::sync::mpsc;
 use tracing::{trace, warn};
 
@@ -73,7 +73,7 @@ impl Transfer {
             if let Some(report) = outage {
                 self.metrics.origin_outages.inc();
                 if let Some((e, secs)) = report {
-                    warn!(reason = %e.reason, error = %e.message, seconds = secs, "no origin read has succeeded for a while");
+                    warn!(reason = e.known_reason().map_or("unknown", Reason::as_str), error = %e.message, seconds = secs, "no origin read has succeeded for a while");
                 }
             }
             // At full depth only a finished read can start another: board
@@ -95,7 +95,10 @@ impl Transfer {
         let origin = self.swarm().plan().origin.clone();
         let Some(origin) = origin else {
             self.swarm().release(index);
-            self.fail("InvalidAssignment", "the assignment names no origin".into());
+            self.fail(
+                Reason::InvalidAssignment,
+                "the assignment names no origin".into(),
+            );
             return 0;
         };
         let result = async {
@@ -137,7 +140,7 @@ impl Transfer {
                     // A store error failed the transfer already, with its
                     // reason and path.
                     if !matches!(e, SessionError::Store(_)) {
-                        self.fail("StorageError", e.to_string());
+                        self.fail(Reason::StorageError, e.to_string());
                     }
                     return 0;
                 }

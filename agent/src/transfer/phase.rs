@@ -2,6 +2,7 @@
 //! transferring, publishing, ready, or failed. Only another failure moves
 //! a transfer out of failed (the last one is reported).
 
+use swarmseed_proto::Reason;
 use swarmseed_proto::pb::{self, DatasetState};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,7 +11,7 @@ pub(super) enum Phase {
     Transferring,
     Publishing,
     Ready,
-    Failed { reason: String, message: String },
+    Failed { reason: Reason, message: String },
 }
 
 impl Phase {
@@ -24,11 +25,8 @@ impl Phase {
         true
     }
 
-    pub(super) fn fail(&mut self, reason: &str, message: String) {
-        *self = Phase::Failed {
-            reason: reason.to_owned(),
-            message,
-        };
+    pub(super) fn fail(&mut self, reason: Reason, message: String) {
+        *self = Phase::Failed { reason, message };
     }
 
     pub(super) fn is_ready(&self) -> bool {
@@ -48,10 +46,7 @@ impl Phase {
             Phase::Ready => (DatasetState::Ready, None),
             Phase::Failed { reason, message } => (
                 DatasetState::Failed,
-                Some(pb::ErrorInfo {
-                    reason: reason.clone(),
-                    message: message.clone(),
-                }),
+                Some(pb::ErrorInfo::new(*reason, message.clone())),
             ),
         }
     }
@@ -65,15 +60,15 @@ mod tests {
     fn only_a_failure_leaves_a_failure_and_it_is_reported_with_its_reason() {
         let mut p = Phase::Pending;
         assert!(p.advance(Phase::Transferring));
-        p.fail("StorageError", "disk".into());
+        p.fail(Reason::StorageError, "disk".into());
         assert!(!p.advance(Phase::Publishing));
         assert!(!p.advance(Phase::Ready));
-        p.fail("DigestMismatch", "pinned".into());
+        p.fail(Reason::DigestMismatch, "pinned".into());
         let (state, error) = p.report();
         assert_eq!(state, DatasetState::Failed);
         assert_eq!(
-            error.map(|e| (e.reason, e.message)),
-            Some(("DigestMismatch".into(), "pinned".into()))
+            error.map(|e| (e.known_reason(), e.message)),
+            Some((Some(Reason::DigestMismatch), "pinned".into()))
         );
         assert!(p.is_failed() && !p.is_ready());
     }

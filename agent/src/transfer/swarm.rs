@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use swarmseed_proto::{ChunkDigest, ContentDigest, pb};
+use swarmseed_proto::{ChunkDigest, ContentDigest, Reason, pb};
 use tokio_util::sync::CancellationToken;
 
 use super::fallback::{self, Fallback};
@@ -115,7 +115,7 @@ impl Swarm {
         self.phase.advance(next);
     }
 
-    pub(super) fn fail(&mut self, reason: &str, message: String) {
+    pub(super) fn fail(&mut self, reason: Reason, message: String) {
         self.phase.fail(reason, message);
     }
 

@@ -8,7 +8,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 
-use swarmseed_crd::condition::{DEGRADED, PROGRESSING, READY, reason};
+use swarmseed_crd::condition::{DEGRADED, PROGRESSING, READY, Reason};
 use swarmseed_crd::quantity::human_bytes;
 use swarmseed_crd::{Dataset, DatasetStatus, NodeProgress, NodeProgressState};
 
@@ -341,8 +341,8 @@ pub enum Readiness {
 /// other reason needs a change (spec, Secret, disk) and ends the wait.
 pub fn degraded_may_pass(reason: &str) -> bool {
     matches!(
-        reason,
-        reason::AGENT_UNREACHABLE | reason::SOURCE_UNAVAILABLE
+        reason.parse(),
+        Ok(Reason::AgentUnreachable | Reason::SourceUnavailable)
     )
 }
 
@@ -649,18 +649,18 @@ Total: origin 4GiB / peers 2.3GiB (36% from peers); origin ratio 1.00x (bytes re
 
     #[test]
     fn wait_sits_out_only_the_degraded_reasons_that_pass_by_themselves() {
-        for r in [reason::AGENT_UNREACHABLE, reason::SOURCE_UNAVAILABLE] {
-            assert!(degraded_may_pass(r), "{r}");
+        for r in [Reason::AgentUnreachable, Reason::SourceUnavailable] {
+            assert!(degraded_may_pass(r.as_str()), "{r}");
         }
         for r in [
-            reason::INVALID_SOURCE,
-            reason::INVALID_SPEC,
-            reason::DIGEST_MISMATCH,
-            reason::INSUFFICIENT_STORAGE,
-            reason::UNSAFE_PATH,
-            reason::NODE_FAILED,
+            Reason::InvalidSource,
+            Reason::InvalidSpec,
+            Reason::DigestMismatch,
+            Reason::InsufficientStorage,
+            Reason::UnsafePath,
+            Reason::NodeFailed,
         ] {
-            assert!(!degraded_may_pass(r), "{r}");
+            assert!(!degraded_may_pass(r.as_str()), "{r}");
         }
     }
 

@@ -14,7 +14,7 @@ use kube::CustomResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube_standin::ApiServer;
 use swarmseed_crd::Dataset;
-use swarmseed_operator::status::{self, NodeReport, RevisionInfo, StatusInput};
+use swarmseed_operator::status::{self, NodeReport, Reason, RevisionInfo, StatusInput};
 use swarmseed_proto::pb::{DatasetProgress, DatasetState, ErrorInfo};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
@@ -149,13 +149,10 @@ fn progress(state: DatasetState, verified: u64, origin: u64) -> NodeReport {
     NodeReport::Progress(Some(Box::new(p)))
 }
 
-fn failed(reason: &str, message: &str) -> NodeReport {
+fn failed(reason: Reason, message: &str) -> NodeReport {
     let mut p = DatasetProgress {
         revision: REVISION.into(),
-        error: Some(ErrorInfo {
-            reason: reason.into(),
-            message: message.into(),
-        }),
+        error: Some(ErrorInfo::new(reason, message)),
         ..Default::default()
     };
     p.set_state(DatasetState::Failed);
@@ -296,7 +293,7 @@ async fn the_plugin_lists_shows_and_waits_for_datasets() {
             ("cpu-1", progress(DatasetState::Ready, 4 * GIB, 4 * GIB)),
             (
                 "cpu-2",
-                failed("InsufficientStorage", "1GiB free, 4GiB needed"),
+                failed(Reason::InsufficientStorage, "1GiB free, 4GiB needed"),
             ),
         ],
     )

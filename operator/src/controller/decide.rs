@@ -27,7 +27,7 @@ use swarmseed_proto::{ChunkLayout, pb};
 use crate::agents::AgentPod;
 use crate::events::EventType;
 use crate::plan::{self, AgentInfo, Plan, PlanError, PlanInput};
-use crate::status::{self, DatasetProblem, NodeReport, RevisionInfo, StatusInput};
+use crate::status::{self, DatasetProblem, NodeReport, Reason, RevisionInfo, StatusInput};
 use swarmseed_crd::{DatasetStatus, ValidSpec};
 
 /// Run again this soon while a Dataset is not Ready everywhere.
@@ -353,7 +353,7 @@ impl StatusWrite {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
     pub type_: EventType,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub note: String,
 }
 
@@ -419,7 +419,7 @@ pub fn conclude(
                 if *removed {
                     events.push(Note {
                         type_: EventType::Normal,
-                        reason: "Removed",
+                        reason: Reason::Removed,
                         note: format!("node {node} no longer matches: its copy was removed"),
                     });
                 }

@@ -18,7 +18,7 @@ use crate::agents::{AgentPod, agent_pods};
 use crate::assignment::{self, AssignmentInput};
 use crate::events::EventType;
 use crate::node_label;
-use crate::status::{self, NodeReport};
+use crate::status::{self, NodeReport, Reason};
 use swarmseed_crd::DatasetStatus;
 
 /// Node label patches one reconcile keeps in flight.
@@ -72,7 +72,7 @@ async fn send(
                 .map(|a| a.progress.map(Box::new))
                 .map_err(|e| match e.refusal() {
                     Some(reason) => NodeReport::Refused {
-                        reason: reason.to_owned(),
+                        reason,
                         message: e.to_string(),
                     },
                     None => NodeReport::Unreachable(e.to_string()),
@@ -191,7 +191,7 @@ pub async fn store_status(
         } else {
             EventType::Normal
         };
-        ctx.event(&subject.reference, type_, &reason, &note).await;
+        ctx.event(&subject.reference, type_, reason, &note).await;
     }
     Ok(None)
 }
@@ -278,7 +278,7 @@ pub async fn undecodable(
         return Ok(Action::await_change());
     }
     let problem = status::DatasetProblem {
-        reason: status::reason::INVALID_SPEC,
+        reason: Reason::InvalidSpec,
         message: format!("the operator cannot read this Dataset: {error}"),
     };
     let pending = store_problem(&subject, "", &problem, ctx).await?;

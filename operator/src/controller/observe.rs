@@ -22,7 +22,7 @@ use crate::assignment;
 use crate::events::EventType;
 use crate::plan::AgentInfo;
 use crate::selector;
-use crate::status::{DatasetProblem, NodeReport, reason};
+use crate::status::{DatasetProblem, NodeReport, Reason};
 use swarmseed_crd::{Dataset, ValidSpec};
 
 /// Everything `decide` needs about a live Dataset whose spec is valid and
@@ -77,7 +77,7 @@ pub async fn list_source(
                 r.name
             );
             return Ok(Err(DatasetProblem {
-                reason: reason::SOURCE_UNAVAILABLE,
+                reason: Reason::SourceUnavailable,
                 message,
             }));
         };
@@ -86,7 +86,7 @@ pub async fn list_source(
             Err(k) => {
                 let message = format!("Secret {ns}/{}: key {k} is not UTF-8 text", r.name);
                 return Ok(Err(DatasetProblem {
-                    reason: reason::INVALID_SOURCE,
+                    reason: Reason::InvalidSource,
                     message,
                 }));
             }
@@ -98,11 +98,10 @@ pub async fn list_source(
         concurrency: LIST_CONCURRENCY,
         ..OriginOptions::default()
     };
-    let problem =
-        |reason: &'static str, message: String| Ok(Err(DatasetProblem { reason, message }));
+    let problem = |reason: Reason, message: String| Ok(Err(DatasetProblem { reason, message }));
     let client = match OriginClient::new(&origin, options) {
         Ok(c) => c,
-        Err(e) => return problem(reason::INVALID_SOURCE, e.to_string()),
+        Err(e) => return problem(Reason::InvalidSource, e.to_string()),
     };
     let include = source.include.clone().unwrap_or_default();
     let exclude = source.exclude.clone().unwrap_or_default();
@@ -111,7 +110,7 @@ pub async fn list_source(
         Ok(Err(e)) => return problem(e.reason(), e.to_string()),
         Err(_) => {
             return problem(
-                reason::SOURCE_UNAVAILABLE,
+                Reason::SourceUnavailable,
                 format!("listing took longer than {LIST_TIMEOUT:?}"),
             );
         }
@@ -123,7 +122,7 @@ pub async fn list_source(
         chunk_size.unwrap_or_else(|| default_chunk_size(total)),
     ) {
         Ok(l) => l,
-        Err(e) => return problem(reason::INVALID_SOURCE, e.to_string()),
+        Err(e) => return problem(Reason::InvalidSource, e.to_string()),
     };
     let origin = assignment::origin(
         source,
@@ -144,7 +143,7 @@ pub async fn list_source(
         ctx.event(
             &ds.object_ref(&()),
             EventType::Warning,
-            reason::WEAK_VALIDATORS,
+            Reason::WeakValidators,
             &message,
         )
         .await;
@@ -159,7 +158,7 @@ pub async fn list_source(
     ctx.event(
         &ds.object_ref(&()),
         EventType::Normal,
-        "SourceListed",
+        Reason::SourceListed,
         &note,
     )
     .await;

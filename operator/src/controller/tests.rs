@@ -224,7 +224,7 @@ mod mock_api {
         assert_eq!(status["observedGeneration"], 1);
         let ready = ready_condition(status);
         assert_eq!(ready["status"], "False");
-        assert_eq!(ready["reason"], reason::INVALID_SOURCE);
+        assert_eq!(ready["reason"], Reason::InvalidSource.as_str());
         assert!(
             ready["message"].as_str().unwrap().contains("ftp://"),
             "{ready}"
@@ -267,7 +267,7 @@ mod mock_api {
             ("PATCH", format!("{DATASET_PATH}/status").as_str())
         );
         let ready = ready_condition(&seen[1].body["status"]);
-        assert_eq!(ready["reason"], reason::SOURCE_UNAVAILABLE);
+        assert_eq!(ready["reason"], Reason::SourceUnavailable.as_str());
         assert!(
             ready["message"].as_str().unwrap().contains("ml/creds"),
             "{ready}"

@@ -34,16 +34,13 @@ fn progress(state: DatasetState, origin: u64, peers: u64) -> NodeReport {
     NodeReport::Progress(Some(Box::new(p)))
 }
 
-fn failed(reason: &str, message: &str) -> NodeReport {
+fn failed(reason: Reason, message: &str) -> NodeReport {
     let mut p = pb::DatasetProgress {
         revision: REV.into(),
         ..Default::default()
     };
     p.set_state(DatasetState::Failed);
-    p.error = Some(pb::ErrorInfo {
-        reason: reason.into(),
-        message: message.into(),
-    });
+    p.error = Some(pb::ErrorInfo::new(reason, message));
     NodeReport::Progress(Some(Box::new(p)))
 }
 
@@ -142,10 +139,10 @@ fn an_origin_that_keeps_failing_is_degraded_and_named() {
         let NodeReport::Progress(Some(mut p)) = progress(DatasetState::Transferring, 1, 0) else {
             unreachable!()
         };
-        p.origin_error = Some(pb::ErrorInfo {
-            reason: reason::SOURCE_UNAVAILABLE.into(),
-            message: "GET http://origin/w.bin: connection refused".into(),
-        });
+        p.origin_error = Some(pb::ErrorInfo::new(
+            Reason::SourceUnavailable,
+            "GET http://origin/w.bin: connection refused",
+        ));
         p.origin_error_seconds = secs;
         NodeReport::Progress(Some(p))
     };
@@ -188,12 +185,15 @@ fn an_origin_that_keeps_failing_is_degraded_and_named() {
     let s = run(
         &nodes(vec![
             failing(40),
-            failed(reason::INSUFFICIENT_STORAGE, "disk full"),
+            failed(Reason::InsufficientStorage, "disk full"),
         ]),
         None,
         at(0),
     );
-    assert_eq!(cond(&s, DEGRADED).reason, reason::INSUFFICIENT_STORAGE);
+    assert_eq!(
+        cond(&s, DEGRADED).reason,
+        Reason::InsufficientStorage.as_str()
+    );
 }
 
 /// A deletion held up by a node cut off from the network was silent:
@@ -215,7 +215,7 @@ fn a_blocked_deletion_says_so_and_names_the_nodes() {
     .into();
     let s = terminating(Some(&ready), Some(3), &blocked, at(5));
     assert_eq!(cond(&s, READY).status, "False");
-    assert_eq!(cond(&s, READY).reason, reason::TERMINATING);
+    assert_eq!(cond(&s, READY).reason, Reason::Terminating.as_str());
     let d = cond(&s, DEGRADED);
     assert_eq!(
         (d.status.as_str(), d.reason.as_str()),
@@ -229,7 +229,10 @@ fn a_blocked_deletion_says_so_and_names_the_nodes() {
     );
     assert_eq!(s.nodes, ready.nodes, "what it held is still shown");
     let m = milestones(Some(&ready), &s);
-    assert!(m.iter().any(|e| e.0 && e.1 == "DeletionBlocked"), "{m:?}");
+    assert!(
+        m.iter().any(|e| e.0 && e.1 == Reason::DeletionBlocked),
+        "{m:?}"
+    );
     // Many nodes: a bounded message.
     let many: BTreeMap<String, String> = (0..1000)
         .map(|i| (format!("node-{i:04}"), "unreachable".to_owned()))
@@ -255,16 +258,16 @@ fn events_mark_ready_once_and_each_new_degradation() {
     let m = milestones(Some(&seeding), &ready);
     assert_eq!(m.len(), 1, "{m:?}");
     assert!(!m[0].0);
-    assert_eq!(m[0].1, cond(&ready, READY).reason);
+    assert_eq!(m[0].1.as_str(), cond(&ready, READY).reason);
     assert!(milestones(Some(&ready), &ready).is_empty(), "no repeat");
     let bad = run(
-        &nodes(vec![failed(reason::DIGEST_MISMATCH, "content differs")]),
+        &nodes(vec![failed(Reason::DigestMismatch, "content differs")]),
         Some(&ready),
         at(2),
     );
     let m = milestones(Some(&ready), &bad);
     assert_eq!(m.len(), 1, "{m:?}");
-    assert_eq!((m[0].0, m[0].1.as_str()), (true, reason::DIGEST_MISMATCH));
+    assert_eq!((m[0].0, m[0].1), (true, Reason::DigestMismatch));
     assert!(milestones(Some(&bad), &bad).is_empty(), "no repeat");
 }
 
@@ -346,7 +349,7 @@ fn seeding_nodes_mean_progressing_and_not_ready() {
 fn failures_name_the_reason_and_list_the_nodes() {
     let mut reports = vec![
         failed(
-            "DigestMismatch",
+            Reason::DigestMismatch,
             "content is blake3:aa, spec pins blake3:bb"
         );
         12
@@ -371,7 +374,7 @@ fn failures_name_the_reason_and_list_the_nodes() {
     assert_eq!(s.failed_nodes[0].reason, "AgentUnreachable");
     assert_eq!(s.failed_nodes[0].message, "connection refused");
     let refused = nodes(vec![NodeReport::Refused {
-        reason: "InsufficientStorage".into(),
+        reason: Reason::InsufficientStorage,
         message: "1GiB free, 4GiB needed".into(),
     }]);
     let s = run(&refused, None, at(0));
@@ -388,7 +391,7 @@ fn dataset_problems_and_empty_selections_are_reported() {
     assert!(cond(&s, READY).message.contains("(gpu=true)"));
     assert_eq!(cond(&s, DEGRADED).status, "False");
     let problem = DatasetProblem {
-        reason: reason::SOURCE_UNAVAILABLE,
+        reason: Reason::SourceUnavailable,
         message: "listing s3://b/p: 403 Forbidden".into(),
     };
     let s = compute(&StatusInput {
@@ -482,7 +485,7 @@ fn node_progress_shows_each_node_with_its_origin_peer_split() {
             "gpu-b",
             progress(DatasetState::Transferring, 1 << 30, 512 << 20),
         ),
-        ("gpu-d", failed("InsufficientStorage", "disk full")),
+        ("gpu-d", failed(Reason::InsufficientStorage, "disk full")),
         // Still holding an older revision: nothing of this one yet.
         ("gpu-f", NodeReport::Progress(Some(Box::new(old)))),
         ("gpu-g", NodeReport::Progress(Some(Box::new(publishing)))),

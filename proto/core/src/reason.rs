@@ -1,8 +1,8 @@
-//! Every reason a `Dataset` condition, a failed node or an agent's refusal
-//! can carry. The agent and the operator pass these values, never strings:
-//! a reason that is not a variant here cannot be reported, and
-//! docs/operations.md has a troubleshooting entry for each one (a test
-//! checks it).
+//! Every reason a `Dataset` condition, a failed node, an agent's refusal or
+//! an operator Event can carry. The agent and the operator pass these
+//! values, never strings (across gRPC as the `Reason` proto enum): a reason
+//! that is not a variant here cannot be reported, and docs/operations.md
+//! has a troubleshooting entry for each one (a test checks it).
 
 use std::fmt;
 use std::str::FromStr;
@@ -99,6 +99,12 @@ reasons! {
     Internal,
     /// The agent reported a failure without a reason it knows.
     NodeFailed,
+
+    // Reasons of the operator's Events only (conditions reuse the above).
+    /// The source was listed: files, bytes, chunks and revision.
+    SourceListed,
+    /// A node the Dataset no longer selects had its copy removed.
+    Removed,
 }
 
 impl fmt::Display for Reason {

@@ -6,7 +6,7 @@ use k8s_openapi::jiff::Timestamp;
 use swarmseed_proto::pb::DatasetState;
 
 use super::*;
-use crate::status::reason;
+use crate::status::Reason;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 const MIB: u64 = 1 << 20;
@@ -277,7 +277,7 @@ fn a_failed_send_is_retried_and_a_refusal_shows_in_the_status() {
             .map(|n| {
                 let r = if n == "node-2" {
                     Err(NodeReport::Refused {
-                        reason: reason::INSUFFICIENT_STORAGE.into(),
+                        reason: Reason::InsufficientStorage,
                         message: "needs 32 MiB, 1 MiB free".into(),
                     })
                 } else {
@@ -298,7 +298,7 @@ fn a_failed_send_is_retried_and_a_refusal_shows_in_the_status() {
     assert_eq!(done.status.failed_nodes[0].node, "node-2");
     assert_eq!(
         done.status.failed_nodes[0].reason,
-        reason::INSUFFICIENT_STORAGE
+        Reason::InsufficientStorage.as_str()
     );
     let again = decide(&obs, &done.memo);
     assert!(again.send.contains(&"node-2".to_owned()));
@@ -408,7 +408,7 @@ fn a_deselected_node_is_released_and_unlabelled() {
     assert!(!done.memo.assigned.contains("node-2"));
     assert!(!done.memo.sent.contains_key("node-2"));
     assert_eq!(done.events.len(), 1);
-    assert_eq!(done.events[0].reason, "Removed");
+    assert_eq!(done.events[0].reason, Reason::Removed);
     assert!(done.events[0].note.contains("node-2"));
     assert_eq!(done.status.nodes.desired, 1);
 
@@ -552,14 +552,14 @@ fn status_writes_are_skipped_when_unchanged_and_rate_limited() {
 fn a_problem_is_the_status() {
     let target = observed(Vec::new()).target;
     let problem = DatasetProblem {
-        reason: reason::SOURCE_UNAVAILABLE,
+        reason: Reason::SourceUnavailable,
         message: "Secret ml/creds (spec.source.secretRef) does not exist".into(),
     };
     let (status, write) = problem_status(&target, "all nodes", &problem, None, &now(0));
     assert_eq!(write, StatusWrite::Now);
     let ready = condition(&status, status::READY);
     assert_eq!(ready.status, "False");
-    assert_eq!(ready.reason, reason::SOURCE_UNAVAILABLE);
+    assert_eq!(ready.reason, Reason::SourceUnavailable.as_str());
     assert!(ready.message.contains("ml/creds"));
 }
 
@@ -606,12 +606,12 @@ fn deletion_asks_every_agent_and_waits_only_for_running_ones_it_cannot_reach() {
     assert_eq!(blocked.keys().collect::<Vec<_>>(), ["node-2"]);
     assert_eq!(write, StatusWrite::Now);
     let ready = condition(&status, status::READY);
-    assert_eq!(ready.reason, reason::TERMINATING);
+    assert_eq!(ready.reason, Reason::Terminating.as_str());
     assert!(
         status
             .conditions
             .iter()
-            .any(|c| c.reason == reason::DELETION_BLOCKED && c.message.contains("node-2")),
+            .any(|c| c.reason == Reason::DeletionBlocked.as_str() && c.message.contains("node-2")),
         "{status:?}"
     );
 }
