@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use kube_standin::ApiServer;
+use kube_standin::{ApiServer, KubectlOutput};
 use serde_json::{Value, json};
 use tokio::process::Command;
 
@@ -699,37 +699,15 @@ async fn leader_election_off_needs_a_single_replica() {
 
 // ---- kubectl apply against the stand-in ----
 
-struct Kubectl {
-    kubeconfig: PathBuf,
-    cache: PathBuf,
-}
-
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
+/// kubectl for the stand-in, with the checks these tests make of it.
+struct Kubectl(kube_standin::Kubectl);
 
 impl Kubectl {
-    async fn run(&self, args: &[&str]) -> Out {
-        let mut c = Command::new("kubectl");
-        c.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(&self.cache)
-            .arg("--request-timeout=20s")
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let out = tokio::time::timeout(Duration::from_secs(40), c.output())
+    async fn run(&self, args: &[&str]) -> KubectlOutput {
+        self.0
+            .run(args)
             .await
-            .unwrap_or_else(|_| panic!("kubectl {args:?} hung"))
-            .unwrap_or_else(|e| panic!("cannot run kubectl ({e}): {SETUP_HINT}"));
-        Out {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+            .unwrap_or_else(|e| panic!("cannot run kubectl ({e}): {SETUP_HINT}"))
     }
 
     async fn ok(&self, args: &[&str]) -> String {
@@ -870,11 +848,7 @@ async fn rendered_chart_applies_with_kubectl() {
         .await
         .expect("stand-in starts");
     let tmp = tempfile::tempdir().expect("tempdir");
-    let k = Kubectl {
-        kubeconfig: tmp.path().join("kubeconfig"),
-        cache: tmp.path().join("cache"),
-    };
-    server.write_kubeconfig(&k.kubeconfig).expect("kubeconfig");
+    let k = Kubectl(server.kubectl(tmp.path()).expect("kubeconfig"));
 
     // Default values into swarmseed-system.
     install(&k, &defaults, NAMESPACE, "created", None).await;
@@ -1000,14 +974,10 @@ async fn helm_upgrade_keeps_the_control_token() {
         .await
         .expect("stand-in starts");
     let tmp = tempfile::tempdir().expect("tempdir");
-    let k = Kubectl {
-        kubeconfig: tmp.path().join("kubeconfig"),
-        cache: tmp.path().join("cache"),
-    };
-    server.write_kubeconfig(&k.kubeconfig).expect("kubeconfig");
+    let k = Kubectl(server.kubectl(tmp.path()).expect("kubeconfig"));
     k.ok(&["create", "namespace", NAMESPACE]).await;
 
-    let installed = helm_release("install", &k.kubeconfig, &[]).await;
+    let installed = helm_release("install", &k.0.kubeconfig, &[]).await;
     assert_eq!(installed["status"], "deployed", "{installed}");
     assert_eq!(installed["revision"], 1);
     assert!(
@@ -1029,7 +999,7 @@ async fn helm_upgrade_keeps_the_control_token() {
 
     let three = tmp.path().join("three.yaml");
     std::fs::write(&three, "operator:\n  replicas: 3\n").expect("write");
-    let upgraded = helm_release("upgrade", &k.kubeconfig, &[three]).await;
+    let upgraded = helm_release("upgrade", &k.0.kubeconfig, &[three]).await;
     assert_eq!(upgraded["revision"], 2, "{upgraded}");
     assert_eq!(
         control_token(&k).await,
@@ -1051,7 +1021,7 @@ async fn helm_upgrade_keeps_the_control_token() {
 
     // Uninstall removes the release's objects; the CRD (and so every
     // Dataset) stays, as Helm never deletes crds/.
-    helm_release("uninstall", &k.kubeconfig, &[]).await;
+    helm_release("uninstall", &k.0.kubeconfig, &[]).await;
     let left = k
         .ok(&[
             "get",

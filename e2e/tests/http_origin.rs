@@ -20,6 +20,15 @@ fn client() -> reqwest::Client {
         .expect("http client")
 }
 
+/// GET the directory `url` as nginx's JSON autoindex.
+async fn json_listing(c: &reqwest::Client, url: String) -> reqwest::Response {
+    c.get(url)
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .expect("the origin answers")
+}
+
 async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -150,12 +159,7 @@ async fn http_origin_serves_ranges_etags_listings_and_counts_bytes() {
     assert_eq!(r.headers()[LOCATION], "/small/");
 
     // JSON listing: nginx's autoindex_format json.
-    let r = c
-        .get(format!("{}/", origin.url()))
-        .header(ACCEPT, "application/json")
-        .send()
-        .await
-        .unwrap();
+    let r = json_listing(&c, format!("{}/", origin.url())).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], "application/json");
     let root: Vec<ListingEntry> = r.json().await.unwrap();
@@ -172,12 +176,7 @@ async fn http_origin_serves_ranges_etags_listings_and_counts_bytes() {
         root.iter()
             .all(|e| e.size.is_none() && e.mtime.ends_with(" GMT"))
     );
-    let r = c
-        .get(format!("{}/big/", origin.url()))
-        .header(ACCEPT, "application/json")
-        .send()
-        .await
-        .unwrap();
+    let r = json_listing(&c, format!("{}/big/", origin.url())).await;
     let raw: serde_json::Value = r.json().await.unwrap();
     let first = &raw[0];
     assert_eq!(first["name"], "shard-00000.bin");

@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use swarmseed_harness::origin::dataset::{DatasetSpec, generate_dataset, tree_digest};
 use swarmseed_harness::seeding::{Binaries, SeedCluster, condition, dataset_yaml};
@@ -87,17 +85,6 @@ async fn kubectl_wait_ready(c: &SeedCluster, name: &str, timeout_s: u32) {
     }
 }
 
-async fn labelled(c: &SeedCluster, key: &str) -> BTreeSet<String> {
-    Api::<Node>::all(c.cluster.client())
-        .list(&ListParams::default().labels(key))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
-        .collect()
-}
-
 fn assert_same_tree(expected: &Path, actual: &Path) {
     let want = tree_digest(expected).unwrap();
     let got = tree_digest(actual).unwrap_or_else(|e| panic!("reading {}: {e}", actual.display()));
@@ -142,7 +129,7 @@ async fn a_dataset_seeds_its_nodes_follows_the_selector_updates_atomically_and_c
     assert!(!c.published_dir("node-3", NS, "weights").unwrap().exists());
     let key = label_key(NS, "weights");
     assert_eq!(
-        labelled(&c, &key).await,
+        c.labelled_nodes(&key).await.unwrap(),
         ["node-0", "node-1", "node-2"].map(String::from).into()
     );
     let s = status(&c, "weights").await;
@@ -178,7 +165,13 @@ async fn a_dataset_seeds_its_nodes_follows_the_selector_updates_atomically_and_c
     c.wait_for(
         "node-3 seeded and labelled",
         Duration::from_secs(120),
-        async || Ok(labelled(&c, &key).await.contains("node-3").then_some(())),
+        async || {
+            Ok(c.labelled_nodes(&key)
+                .await
+                .unwrap()
+                .contains("node-3")
+                .then_some(()))
+        },
     )
     .await
     .unwrap();
@@ -194,7 +187,7 @@ async fn a_dataset_seeds_its_nodes_follows_the_selector_updates_atomically_and_c
     set_gpu_label(&c, "node-1", false).await;
     let gone = c.published_dir("node-1", NS, "weights").unwrap();
     c.wait_for("node-1 released", Duration::from_secs(60), async || {
-        let unlabelled = !labelled(&c, &key).await.contains("node-1");
+        let unlabelled = !c.labelled_nodes(&key).await.unwrap().contains("node-1");
         Ok((unlabelled && !gone.exists()).then_some(()))
     })
     .await
@@ -261,19 +254,9 @@ async fn a_dataset_seeds_its_nodes_follows_the_selector_updates_atomically_and_c
     );
 
     // Deletion: every directory and label, then the object.
-    c.kubectl(&[
-        "delete",
-        "dataset",
-        "weights",
-        "-n",
-        NS,
-        "--wait=true",
-        "--timeout=60s",
-    ])
-    .await
-    .unwrap();
+    c.delete_dataset(NS, "weights").await.unwrap();
     assert!(c.dataset(NS, "weights").await.unwrap().is_none());
-    assert!(labelled(&c, &key).await.is_empty());
+    assert!(c.labelled_nodes(&key).await.unwrap().is_empty());
     for n in c.cluster.nodes() {
         let d = n.root.join("datasets/ml/weights");
         assert!(!d.exists(), "{} is left", d.display());
@@ -363,18 +346,11 @@ async fn s3_with_a_secret_seeds_and_every_unusable_spec_says_why() {
     let s3 = c.cluster.start_s3_origin("models").await.unwrap();
     s3.upload_dir(&src, "llama/").await.unwrap();
     let http = c.cluster.start_http_origin(&src, 8080).await.unwrap();
-    c.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        "s3-creds",
-        "-n",
-        NS,
-        "--from-literal=AWS_ACCESS_KEY_ID=swarmseed",
-        "--from-literal=AWS_SECRET_ACCESS_KEY=not-a-secret",
-    ])
-    .await
-    .unwrap();
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", "swarmseed"),
+        ("AWS_SECRET_ACCESS_KEY", "not-a-secret"),
+    ];
+    c.create_secret(NS, "s3-creds", &keys).await.unwrap();
     let zeros = format!("blake3:{}", "0".repeat(64));
     let unreachable = format!("http://{}:9/data/", c.cluster.origin_address());
     let datasets = [

@@ -25,8 +25,6 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use swarmseed_harness::apiserver::AuditRecord;
 use swarmseed_harness::kube_objects::AGENT_NAMESPACE;
@@ -213,17 +211,6 @@ async fn render_default_chart() -> Vec<Value> {
     report["objects"].as_array().cloned().unwrap_or_default()
 }
 
-async fn labelled(c: &SeedCluster, key: &str) -> BTreeSet<String> {
-    Api::<Node>::all(c.cluster.client())
-        .list(&ListParams::default().labels(key))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
-        .collect()
-}
-
 fn names(list: &[&str]) -> BTreeSet<String> {
     list.iter().map(|s| (*s).to_string()).collect()
 }
@@ -246,17 +233,8 @@ async fn operator_requests() -> Vec<AuditRecord> {
 
     // A Dataset whose source credentials come from a Secret.
     c.kubectl(&["create", "namespace", NS]).await.unwrap();
-    c.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        "origin-creds",
-        "-n",
-        NS,
-        "--from-literal=HTTP_BEARER_TOKEN=not-a-secret",
-    ])
-    .await
-    .unwrap();
+    let token = [("HTTP_BEARER_TOKEN", "not-a-secret")];
+    c.create_secret(NS, "origin-creds", &token).await.unwrap();
     let src = c.cluster.work_dir().join("origin-http");
     generate_dataset(&src, &DatasetSpec::tiny(5)).unwrap();
     let origin = c.cluster.start_http_origin(&src, 8080).await.unwrap();
@@ -287,7 +265,7 @@ async fn operator_requests() -> Vec<AuditRecord> {
     let status = c.dataset(NS, "weights").await.unwrap().unwrap()["status"].clone();
     let key = status["nodeLabel"].as_str().unwrap().to_string();
     assert_eq!(
-        labelled(&c, &key).await,
+        c.labelled_nodes(&key).await.unwrap(),
         names(&["node-0", "node-1", "node-2"])
     );
 
@@ -309,25 +287,15 @@ async fn operator_requests() -> Vec<AuditRecord> {
     c.wait_for(
         "node-1 and node-2 unlabelled",
         Duration::from_secs(60),
-        async || Ok((labelled(&c, &key).await == names(&["node-0"])).then_some(())),
+        async || Ok((c.labelled_nodes(&key).await.unwrap() == names(&["node-0"])).then_some(())),
     )
     .await
     .unwrap();
 
     // Deletion: every copy and label, then the finalizer.
-    c.kubectl(&[
-        "delete",
-        "dataset",
-        "weights",
-        "-n",
-        NS,
-        "--wait=true",
-        "--timeout=60s",
-    ])
-    .await
-    .unwrap();
+    c.delete_dataset(NS, "weights").await.unwrap();
     assert!(c.dataset(NS, "weights").await.unwrap().is_none());
-    assert!(labelled(&c, &key).await.is_empty());
+    assert!(c.labelled_nodes(&key).await.unwrap().is_empty());
 
     // The leader renews every 2 s; long done by now, but do not race it.
     let operator = |r: &AuditRecord| r.user.as_deref() == Some(OPERATOR_USER);

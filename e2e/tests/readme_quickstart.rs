@@ -468,23 +468,24 @@ fn the_readme_quickstart_works_as_written_against_demo_keep() {
     );
     assert!(status.success(), "the demo exited {status:?}\n{output}");
     assert!(output.contains("tearing down"), "{output}");
-    let ns: Vec<String> = list_netns()
-        .unwrap()
-        .into_iter()
-        .filter(|n| parse_owner_pid(n) == Some(pid))
-        .collect();
+    let ns = made_by(pid, list_netns().unwrap());
     assert!(ns.is_empty(), "network namespaces left: {ns:?}");
-    let links: Vec<String> = list_links()
-        .unwrap()
-        .into_iter()
-        .filter(|l| parse_owner_pid(l) == Some(pid))
-        .collect();
+    let links = made_by(pid, list_links().unwrap());
     assert!(links.is_empty(), "links left: {links:?}");
     assert!(!work_dir.exists(), "work dir left: {}", work_dir.display());
     let work = work_dir.to_string_lossy().into_owned();
     let left = processes_mentioning(&work);
     assert!(left.is_empty(), "processes left: {left:?}");
     eprintln!("\nquickstart checked in {:.1?}", started.elapsed());
+}
+
+/// Those of `names` (network namespaces, links) that the process `pid`
+/// made.
+fn made_by(pid: u32, names: Vec<String>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|n| parse_owner_pid(n) == Some(pid))
+        .collect()
 }
 
 /// Live processes whose command line mentions `needle` (the demo's agents

@@ -10,18 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::{CustomResourceExt, ResourceExt};
 use kube_standin::ApiServer;
 use swarmseed_crd::Dataset;
-use swarmseed_operator::agents::ControlToken;
-use swarmseed_operator::controller::{self, Context, FINALIZER, Settings};
+use swarmseed_operator::controller::FINALIZER;
 use swarmseed_proto::pb;
 use swarmseed_proto::pb::agent_control_server::{AgentControl, AgentControlServer};
 use tonic::{Request, Response, Status};
 
-const AGENT_NS: &str = "swarmseed-system";
+mod support;
+use support::{AGENT_NS, dataset, wait_for};
 
 #[derive(Default)]
 struct Calls {
@@ -83,20 +82,6 @@ impl AgentControl for FakeAgent {
     }
 }
 
-async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 struct World {
     server: ApiServer,
     client: kube::Client,
@@ -108,19 +93,7 @@ struct World {
 
 impl World {
     async fn start() -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info,kube_runtime=warn")
-            .with_test_writer()
-            .try_init();
-        let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let client = server.client().await.unwrap();
-        Api::<CustomResourceDefinition>::all(client.clone())
-            .create(&PostParams::default(), &Dataset::crd())
-            .await
-            .unwrap();
+        let (server, client) = support::api_server_with_crd().await;
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": AGENT_NS }
         }))
@@ -148,19 +121,7 @@ impl World {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
 
-        let settings = Settings {
-            agent_namespace: AGENT_NS.into(),
-            control_port: port,
-            call_timeout: Duration::from_secs(2),
-            max_peers: 16,
-        };
-        let ctx = Context::new(
-            client.clone(),
-            settings,
-            ControlToken::new("t").unwrap(),
-            b"t".to_vec(),
-        );
-        let operator = tokio::spawn(controller::run(Arc::new(ctx)));
+        let operator = support::start_operator(&client, port);
         World {
             datasets: Api::namespaced(client.clone(), "default"),
             pods: Api::namespaced(client.clone(), AGENT_NS),
@@ -207,13 +168,9 @@ impl World {
     }
 
     async fn dataset(&self, name: &str) -> Dataset {
-        let ds: Dataset = serde_json::from_value(serde_json::json!({
-            "apiVersion": "swarmseed.io/v1alpha1", "kind": "Dataset",
-            "metadata": { "name": name, "namespace": "default" },
-            // Nobody serves it: the Dataset never gets further than listing.
-            "spec": { "source": { "uri": "http://127.0.0.1:1/data.bin" } },
-        }))
-        .unwrap();
+        // Nobody serves it: the Dataset never gets further than listing.
+        let spec = serde_json::json!({ "source": { "uri": "http://127.0.0.1:1/data.bin" } });
+        let ds = dataset(name, spec);
         self.datasets
             .create(&PostParams::default(), &ds)
             .await

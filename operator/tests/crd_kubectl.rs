@@ -2,14 +2,13 @@
 //! server): what a user types and sees.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube_standin::ApiServer;
+use kube_standin::{ApiServer, Kubectl};
 use swarmseed_crd::Dataset;
 use swarmseed_operator::status::{self, NodeReport, RevisionInfo, StatusInput};
 use swarmseed_proto::pb::{DatasetProgress, DatasetState};
@@ -29,42 +28,15 @@ spec:
   origin: {maxFetchers: 2}
 "#;
 
-struct Kubectl {
-    kubeconfig: PathBuf,
-    cache: PathBuf,
-}
-
-impl Kubectl {
-    /// Runs kubectl (bounded by its own request timeout and a wait
-    /// timeout) and returns stdout; panics with stderr on failure.
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("timeout")
-            .arg("60")
-            .arg("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(&self.cache)
-            .arg("--request-timeout=20s")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("kubectl runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout.trim_end().to_owned()
-    }
-}
-
-fn kubectl_present() -> bool {
-    Command::new("kubectl")
-        .args(["version", "--client"])
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// Runs kubectl and returns stdout; panics with stderr on failure.
+async fn kubectl(k: &Kubectl, args: &[&str]) -> String {
+    let out = k.run(args).await.expect("kubectl runs");
+    assert!(
+        out.ok,
+        "kubectl {args:?} failed: {}{}",
+        out.stderr, out.stdout
+    );
+    out.stdout.trim_end().to_owned()
 }
 
 fn ready(node_origin: u64, node_peers: u64, revision: &str) -> NodeReport {
@@ -82,7 +54,7 @@ fn ready(node_origin: u64, node_peers: u64, revision: &str) -> NodeReport {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_applies_the_crd_and_shows_dataset_progress() {
-    if !kubectl_present() {
+    if !Kubectl::installed() {
         eprintln!("!!!!! SKIPPED: no `kubectl` on PATH !!!!!");
         return;
     }
@@ -90,29 +62,17 @@ async fn kubectl_applies_the_crd_and_shows_dataset_progress() {
         .await
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let k = Kubectl {
-        kubeconfig: tmp.path().join("kubeconfig"),
-        cache: tmp.path().join("cache"),
-    };
-    server.write_kubeconfig(&k.kubeconfig).unwrap();
+    let k = server.kubectl(tmp.path()).unwrap();
     let manifest = write(tmp.path(), "dataset.yaml", DATASET);
 
-    let k2 = Kubectl {
-        kubeconfig: k.kubeconfig.clone(),
-        cache: k.cache.clone(),
-    };
-    let out = tokio::task::spawn_blocking(move || {
-        let crd = k2.run(&["apply", "-f", CRD]);
-        let ds = k2.run(&["apply", "-f", &manifest]);
-        (crd, ds)
-    })
-    .await
-    .unwrap();
     assert_eq!(
-        out.0,
+        kubectl(&k, &["apply", "-f", CRD]).await,
         "customresourcedefinition.apiextensions.k8s.io/datasets.swarmseed.io created"
     );
-    assert_eq!(out.1, "dataset.swarmseed.io/llama created");
+    assert_eq!(
+        kubectl(&k, &["apply", "-f", &manifest]).await,
+        "dataset.swarmseed.io/llama created"
+    );
 
     // The operator's status write: server-side apply on /status.
     let client = server.client().await.unwrap();
@@ -161,30 +121,25 @@ async fn kubectl_applies_the_crd_and_shows_dataset_progress() {
     .unwrap()
     .unwrap();
 
-    let k3 = Kubectl {
-        kubeconfig: k.kubeconfig.clone(),
-        cache: k.cache.clone(),
-    };
-    let (table, waited, label) = tokio::task::spawn_blocking(move || {
-        (
-            k3.run(&["get", "dset"]),
-            k3.run(&[
-                "wait",
-                "--for=condition=Ready",
-                "dataset/llama",
-                "--timeout=10s",
-            ]),
-            k3.run(&[
-                "get",
-                "datasets.swarmseed.io",
-                "llama",
-                "-o",
-                "jsonpath={.status.nodeLabel} {.status.path}",
-            ]),
-        )
-    })
-    .await
-    .unwrap();
+    let table = kubectl(&k, &["get", "dset"]).await;
+    let wait = [
+        "wait",
+        "--for=condition=Ready",
+        "dataset/llama",
+        "--timeout=10s",
+    ];
+    let waited = kubectl(&k, &wait).await;
+    let label = kubectl(
+        &k,
+        &[
+            "get",
+            "datasets.swarmseed.io",
+            "llama",
+            "-o",
+            "jsonpath={.status.nodeLabel} {.status.path}",
+        ],
+    )
+    .await;
     let lines: Vec<Vec<&str>> = table
         .lines()
         .map(|l| l.split_whitespace().collect())

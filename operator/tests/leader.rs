@@ -9,10 +9,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
-use kube_standin::ApiServer;
 use swarmseed_operator::leader::{ElectionStatus, LeaderElector, LeaderGuard, LeaseTiming};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
+
+mod support;
 
 const NS: &str = "default";
 const LEASE: &str = "swarmseed-operator";
@@ -27,18 +28,6 @@ fn short() -> LeaseTiming {
     }
 }
 
-async fn cluster() -> (ApiServer, Client) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_test_writer()
-        .try_init();
-    let addr = "127.0.0.1:0".parse().expect("an address");
-    let server = ApiServer::start(addr).await.expect("the API server starts");
-    let client = server.client().await.expect("a client");
-    (server, client)
-}
-
 fn elector(client: &Client, identity: &str) -> LeaderElector {
     LeaderElector::new(client.clone(), NS, LEASE, identity, short()).expect("valid timing")
 }
@@ -46,6 +35,32 @@ fn elector(client: &Client, identity: &str) -> LeaderElector {
 fn spawn_acquire(e: &LeaderElector) -> JoinHandle<LeaderGuard> {
     let e = e.clone();
     tokio::spawn(async move { e.acquire().await.expect("leadership") })
+}
+
+/// Leadership as `e`, within 5 s.
+async fn lead(e: &LeaderElector) -> LeaderGuard {
+    timeout(Duration::from_secs(5), e.acquire())
+        .await
+        .expect("leadership within 5 s")
+        .expect("leadership")
+}
+
+/// Candidate `a` leads; candidate `b` waits for it to go, and has had the
+/// time to read the Lease.
+async fn leader_and_standby(
+    client: &Client,
+) -> (
+    LeaderElector,
+    LeaderGuard,
+    LeaderElector,
+    JoinHandle<LeaderGuard>,
+) {
+    let (a, b) = (elector(client, "a"), elector(client, "b"));
+    let guard = lead(&a).await;
+    let standby = spawn_acquire(&b);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!standby.is_finished(), "b leads while a holds the lease");
+    (a, guard, b, standby)
 }
 
 async fn lease(client: &Client) -> Lease {
@@ -62,7 +77,7 @@ fn holder_and_transitions(l: &Lease) -> (Option<String>, Option<i32>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_candidates_exactly_one_leads() {
-    let (_server, client) = cluster().await;
+    let (_server, client) = support::api_server().await;
     let (a, b) = (elector(&client, "a"), elector(&client, "b"));
     let (mut ta, mut tb) = (spawn_acquire(&a), spawn_acquire(&b));
     let (winner, loser, _guard, mut waiting) = tokio::select! {
@@ -88,15 +103,8 @@ async fn of_two_candidates_exactly_one_leads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_lease_is_taken_over_at_the_next_retry() {
-    let (_server, client) = cluster().await;
-    let (a, b) = (elector(&client, "a"), elector(&client, "b"));
-    let guard = timeout(Duration::from_secs(5), a.acquire())
-        .await
-        .unwrap()
-        .unwrap();
-    let standby = spawn_acquire(&b);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(!standby.is_finished(), "b leads while a holds the lease");
+    let (_server, client) = support::api_server().await;
+    let (a, guard, b, standby) = leader_and_standby(&client).await;
 
     let released = Instant::now();
     guard.release().await.unwrap();
@@ -116,14 +124,8 @@ async fn a_released_lease_is_taken_over_at_the_next_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_no_longer_renewed_is_taken_over_once_it_expires() {
-    let (_server, client) = cluster().await;
-    let (a, b) = (elector(&client, "a"), elector(&client, "b"));
-    let guard = timeout(Duration::from_secs(5), a.acquire())
-        .await
-        .unwrap()
-        .unwrap();
-    let standby = spawn_acquire(&b);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_server, client) = support::api_server().await;
+    let (_a, guard, _b, standby) = leader_and_standby(&client).await;
 
     // The leader hangs or dies: it stops renewing without releasing.
     let last_renewal = lease(&client).await.spec.unwrap().renew_time.unwrap().0;
@@ -148,12 +150,9 @@ async fn a_lease_no_longer_renewed_is_taken_over_once_it_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_lease_is_taken_away_knows_it_lost() {
-    let (_server, client) = cluster().await;
+    let (_server, client) = support::api_server().await;
     let a = elector(&client, "a");
-    let guard = timeout(Duration::from_secs(5), a.acquire())
-        .await
-        .unwrap()
-        .unwrap();
+    let guard = lead(&a).await;
     let lost = guard.lost();
     assert!(guard.is_leader());
 

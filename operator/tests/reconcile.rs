@@ -1,39 +1,13 @@
 //! The reconciler against the test API server: what a user sees for a
 //! Dataset that cannot be seeded, and that deletion goes through.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::{CustomResourceExt, ResourceExt};
-use kube_standin::ApiServer;
 use swarmseed_crd::Dataset;
-use swarmseed_operator::agents::ControlToken;
-use swarmseed_operator::controller::{self, Context, FINALIZER, Settings};
+use swarmseed_operator::controller::FINALIZER;
 
-async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn dataset(name: &str, spec: serde_json::Value) -> Dataset {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "swarmseed.io/v1alpha1", "kind": "Dataset",
-        "metadata": { "name": name, "namespace": "default" },
-        "spec": spec,
-    }))
-    .expect("a Dataset")
-}
+mod support;
+use support::{dataset, wait_for};
 
 /// (Ready status, reason, message) once Ready is reported.
 async fn ready_condition(api: &Api<Dataset>, name: &str) -> (String, String, String) {
@@ -51,33 +25,8 @@ async fn ready_condition(api: &Api<Dataset>, name: &str) -> (String, String, Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_datasets_say_why_and_can_be_deleted() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_test_writer()
-        .try_init();
-    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let client = server.client().await.unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &Dataset::crd())
-        .await
-        .unwrap();
-
-    let settings = Settings {
-        agent_namespace: "swarmseed-system".into(),
-        control_port: 7400,
-        call_timeout: Duration::from_secs(2),
-        max_peers: 16,
-    };
-    let ctx = Context::new(
-        client.clone(),
-        settings,
-        ControlToken::new("t").unwrap(),
-        b"t".to_vec(),
-    );
-    let operator = tokio::spawn(controller::run(Arc::new(ctx)));
+    let (server, client) = support::api_server_with_crd().await;
+    let operator = support::start_operator(&client, 7400);
 
     let api: Api<Dataset> = Api::namespaced(client.clone(), "default");
     // The stand-in does not run CEL, so the operator's own check answers.
@@ -138,21 +87,11 @@ async fn unusable_datasets_say_why_and_can_be_deleted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_unreadable_dataset_blocks_no_other() {
     use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_test_writer()
-        .try_init();
-    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let client = server.client().await.unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &Dataset::crd())
-        .await
-        .unwrap();
+    let (server, client) = support::api_server_with_crd().await;
     let resource = ApiResource::erase::<Dataset>(&());
     let raw: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
+    // Raw objects: the typed Dataset cannot hold what the unreadable one
+    // says.
     let create = async |name: &str, spec: serde_json::Value, finalizers: &[&str]| {
         let mut obj: DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "swarmseed.io/v1alpha1", "kind": "Dataset",
@@ -199,19 +138,7 @@ async fn one_unreadable_dataset_blocks_no_other() {
     .unwrap();
 
     // The operator starts with all of them present.
-    let settings = Settings {
-        agent_namespace: "swarmseed-system".into(),
-        control_port: 7400,
-        call_timeout: Duration::from_secs(2),
-        max_peers: 16,
-    };
-    let ctx = Context::new(
-        client.clone(),
-        settings,
-        ControlToken::new("t").unwrap(),
-        b"t".to_vec(),
-    );
-    let operator = tokio::spawn(controller::run(Arc::new(ctx)));
+    let operator = support::start_operator(&client, 7400);
 
     let degraded = async |name: &str| {
         wait_for(&format!("the Degraded condition of {name}"), async || {

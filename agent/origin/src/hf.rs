@@ -24,11 +24,9 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use super::checksum::{Algorithm, Checksum};
-use super::request::{
-    Target, build_client, get_body, get_json, header_str, range_headers, read_ranged, send,
-};
+use super::request::{Target, get_body, get_json, header_str, range_headers, read_ranged, send};
 use super::transfer::{Budget, check_etag, normalize_etag};
-use super::{HfKind, OriginError, OriginOptions, PathFilter, Secret, Tally, credential};
+use super::{HfKind, OriginError, OriginOptions, PathFilter, Tally, credential};
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 const UNEXPECTED: &str = "unexpected Hub API answer";
@@ -94,10 +92,9 @@ fn content_id(stored: u8, etag: &str) -> Option<Checksum> {
 
 #[derive(Debug)]
 pub(crate) struct HfOrigin {
-    client: reqwest::Client,
+    target: Target,
     /// Without a trailing `/`.
     endpoint: String,
-    trusted: url::Origin,
     kind: HfKind,
     repo: String,
     revision: String,
@@ -105,7 +102,6 @@ pub(crate) struct HfOrigin {
     /// `Origin.revision`: the commit a listing was taken at.
     pinned: Option<String>,
     resolved: OnceCell<String>,
-    token: Option<Secret>,
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters (and `/`
@@ -177,10 +173,11 @@ impl HfOrigin {
         {
             return Err(invalid(format!("revision {sha:?} is not a commit sha")));
         }
-        let client = build_client(options).map_err(|e| invalid(e.to_string()))?;
+        let token = credential(origin, "HF_TOKEN");
+        let target =
+            Target::new(options, url.origin(), token).map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
-            client,
-            trusted: url.origin(),
+            target,
             endpoint,
             kind,
             repo,
@@ -188,16 +185,7 @@ impl HfOrigin {
             subdir,
             pinned: pinned.map(str::to_owned),
             resolved: OnceCell::new(),
-            token: credential(origin, "HF_TOKEN").map(Secret::new),
         })
-    }
-
-    fn target(&self) -> Target<'_> {
-        Target {
-            client: &self.client,
-            token: self.token.as_ref().map(Secret::expose),
-            trusted: &self.trusted,
-        }
     }
 
     fn url(&self, path_and_query: &str, what: &str) -> Result<Url, OriginError> {
@@ -215,7 +203,7 @@ impl HfOrigin {
             ),
             uri,
         )?;
-        let (info, _): (RevisionInfo, _) = get_json(budget, &self.target(), &url, uri, UNEXPECTED)
+        let (info, _): (RevisionInfo, _) = get_json(budget, &self.target, &url, uri, UNEXPECTED)
             .await
             .map_err(|e| match e {
                 // The Hub hides private and missing repositories alike.
@@ -224,7 +212,7 @@ impl HfOrigin {
                     message: format!(
                         "{message} (the repository is private, gated or does not exist; \
                          HF_TOKEN {})",
-                        if self.token.is_some() {
+                        if self.target.has_token() {
                             "was sent"
                         } else {
                             "is not set"
@@ -295,7 +283,7 @@ impl HfOrigin {
             if pages > MAX_PAGES {
                 return Err(OriginError::protocol(uri, "too many tree pages"));
             }
-            let (body, headers) = get_body(budget, &self.target(), &url, uri).await?;
+            let (body, headers) = get_body(budget, &self.target, &url, uri).await?;
             let entries = parse_tree_page(&body)
                 .map_err(|e| OriginError::protocol(uri, format!("{UNEXPECTED}: {e}")))?;
             let listed_files = entries.iter().filter(|e| e.kind == TreeKind::File).count();
@@ -336,7 +324,7 @@ impl HfOrigin {
                 })?;
                 // Mirrors pass on the Hub's own links: stay on our endpoint
                 // (and under its path, if it has one).
-                next = Some(if target.origin() == self.trusted {
+                next = Some(if target.origin() == self.target.trusted {
                     target
                 } else {
                     let path = target.path().trim_start_matches('/');
@@ -373,7 +361,6 @@ impl HfOrigin {
             path,
         )?;
         let headers = range_headers(&range);
-        let whole_file = range.start == 0 && range.end == file.size;
         budget
             .retry(path, || async {
                 let stored = AtomicU8::new(STORED_UNKNOWN);
@@ -401,7 +388,7 @@ impl HfOrigin {
                     .timed(
                         path,
                         send(
-                            &self.target(),
+                            &self.target,
                             Method::GET,
                             url.clone(),
                             &headers,
@@ -410,18 +397,10 @@ impl HfOrigin {
                         ),
                     )
                     .await?;
-                let bytes = read_ranged(budget, path, response, file.size, &range).await?;
-                // A file read whole is checked against its id: the blob id
-                // the Hub named could still come with other bytes (a CDN
-                // serving a stale object, a mirror rewriting files).
-                if whole_file
-                    && let Some(id) =
-                        content_id(stored.load(Ordering::Relaxed), normalize_etag(&file.etag))
-                    && !id.matches_whole(&bytes).await
-                {
-                    return Err(OriginError::changed(path));
-                }
-                Ok(bytes)
+                // A file read whole is checked against the blob id the Hub
+                // named.
+                let id = content_id(stored.load(Ordering::Relaxed), normalize_etag(&file.etag));
+                read_ranged(budget, response, file, &range, id.as_ref()).await
             })
             .await
     }

@@ -15,12 +15,11 @@ use url::Url;
 
 use super::checksum::{self, Checksum};
 use super::request::{
-    Target, build_client, get_body, header_str, header_u64, range_headers, read_ranged, send,
-    status_error,
+    Target, get_body, header_str, header_u64, range_headers, read_ranged, send, status_error,
 };
 use super::transfer::{Budget, check_etag};
 use super::uri::percent_decode;
-use super::{OriginError, OriginOptions, PathFilter, Secret, Tally, credential};
+use super::{OriginError, OriginOptions, PathFilter, Tally, credential};
 
 /// Bound on a directory walk's depth, against servers that loop (the
 /// number of entries is bounded by [`Tally`]).
@@ -110,13 +109,11 @@ const MAX_VALIDATOR_LEN: usize = 1024;
 
 #[derive(Debug)]
 pub(crate) struct HttpOrigin {
-    client: reqwest::Client,
+    target: Target,
     base: Url,
     directory: bool,
     /// Name of the one file of a non-directory URI.
     name: String,
-    token: Option<Secret>,
-    trusted: url::Origin,
 }
 
 impl HttpOrigin {
@@ -140,23 +137,15 @@ impl HttpOrigin {
         if !directory {
             swarmseed_proto::path::validate_path(&name).map_err(|e| invalid(e.to_string()))?;
         }
-        let client = build_client(options).map_err(|e| invalid(e.to_string()))?;
+        let token = credential(origin, "HTTP_BEARER_TOKEN");
+        let target =
+            Target::new(options, base.origin(), token).map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
-            client,
-            trusted: base.origin(),
+            target,
             base,
             directory,
             name,
-            token: credential(origin, "HTTP_BEARER_TOKEN").map(Secret::new),
         })
-    }
-
-    fn target(&self) -> Target<'_> {
-        Target {
-            client: &self.client,
-            token: self.token.as_ref().map(Secret::expose),
-            trusted: &self.trusted,
-        }
     }
 
     fn file_url(&self, path: &str) -> Result<Url, OriginError> {
@@ -193,7 +182,7 @@ impl HttpOrigin {
         budget
             .timed(
                 path,
-                send(&self.target(), method, url, &headers, path, |_, _| Ok(())),
+                send(&self.target, method, url, &headers, path, |_, _| Ok(())),
             )
             .await
     }
@@ -378,7 +367,7 @@ impl HttpOrigin {
         dir_path: &str,
     ) -> Result<Vec<AutoIndexEntry>, OriginError> {
         let shown = if dir_path.is_empty() { uri } else { dir_path };
-        let (body, _) = get_body(budget, &self.target(), url, shown).await?;
+        let (body, _) = get_body(budget, &self.target, url, shown).await?;
         parse_autoindex(&body).map_err(|e| {
             OriginError::protocol(
                 shown,
@@ -431,14 +420,7 @@ impl HttpOrigin {
                         return Err(OriginError::changed(path));
                     }
                 }
-                let bytes = read_ranged(budget, path, response, file.size, &range).await?;
-                if whole_file
-                    && let Some(listed) = &listed
-                    && !listed.matches_whole(&bytes).await
-                {
-                    return Err(OriginError::changed(path));
-                }
-                Ok(bytes)
+                read_ranged(budget, response, file, &range, listed.as_ref()).await
             })
             .await
     }

@@ -10,31 +10,49 @@ use futures::TryStreamExt;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use serde::de::DeserializeOwned;
+use swarmseed_proto::pb::FileEntry;
 use url::Url;
 
+use super::checksum::Checksum;
 use super::transfer::Budget;
-use super::{OriginError, OriginOptions, redact_queries};
+use super::{OriginError, OriginOptions, Secret, redact_queries};
 
 /// Redirect hops followed before giving up.
 const MAX_REDIRECTS: usize = 10;
 
-/// The reqwest client every HTTP-speaking backend uses: redirects are
-/// followed by hand (see [`send`]), so that credentials never leave the
-/// origin's host and the Hub's first answer can be checked.
-pub(crate) fn build_client(options: &OriginOptions) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .connect_timeout(options.connect_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("swarmseed-agent/", env!("CARGO_PKG_VERSION")))
-        .build()
+/// Where an HTTP-speaking backend's requests go and with which token.
+#[derive(Debug)]
+pub(crate) struct Target {
+    client: reqwest::Client,
+    token: Option<Secret>,
+    /// The bearer token goes only to URLs with this scheme, host and port.
+    pub(crate) trusted: url::Origin,
 }
 
-/// Where a request goes and with which token.
-pub(crate) struct Target<'a> {
-    pub(crate) client: &'a reqwest::Client,
-    pub(crate) token: Option<&'a str>,
-    /// The bearer token goes only to URLs with this scheme, host and port.
-    pub(crate) trusted: &'a url::Origin,
+impl Target {
+    /// Redirects are followed by hand (see [`send`]), so that credentials
+    /// never leave the origin's host and the Hub's first answer can be
+    /// checked.
+    pub(crate) fn new(
+        options: &OriginOptions,
+        trusted: url::Origin,
+        token: Option<&str>,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("swarmseed-agent/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            client,
+            token: token.map(Secret::new),
+            trusted,
+        })
+    }
+
+    pub(crate) fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
 }
 
 /// Sends a request, following redirects. Headers other than the token
@@ -42,7 +60,7 @@ pub(crate) struct Target<'a> {
 /// (the origin's own, before any redirect) and may refuse it before
 /// anything else is fetched.
 pub(crate) async fn send(
-    target: &Target<'_>,
+    target: &Target,
     method: Method,
     url: Url,
     headers: &HeaderMap,
@@ -56,10 +74,10 @@ pub(crate) async fn send(
             .client
             .request(method.clone(), url.clone())
             .headers(headers.clone());
-        if let Some(token) = target.token
-            && url.origin() == *target.trusted
+        if let Some(token) = &target.token
+            && url.origin() == target.trusted
         {
-            request = request.bearer_auth(token);
+            request = request.bearer_auth(token.expose());
         }
         let response = request
             .send()
@@ -120,7 +138,7 @@ pub(crate) const MAX_JSON_BYTES: usize = 256 << 20;
 /// with the answer's headers.
 pub(crate) async fn get_body(
     budget: &Budget,
-    target: &Target<'_>,
+    target: &Target,
     url: &Url,
     what: &str,
 ) -> Result<(Vec<u8>, HeaderMap), OriginError> {
@@ -173,7 +191,7 @@ fn too_long(what: &str) -> OriginError {
 /// parse is not.
 pub(crate) async fn get_json<T: DeserializeOwned>(
     budget: &Budget,
-    target: &Target<'_>,
+    target: &Target,
     url: &Url,
     what: &str,
     unexpected: &str,
@@ -236,16 +254,22 @@ pub(crate) fn range_headers(range: &Range<u64>) -> HeaderMap {
     headers
 }
 
-/// Turns the answer to a ranged GET into exactly the range's bytes. A 206
-/// must carry the requested Content-Range of an object of the listed size;
-/// a 200 (Range ignored) is read up to the range's end only.
+/// Turns the answer to a ranged GET of `file` into exactly the range's
+/// bytes. A 206 must carry the requested Content-Range of an object of the
+/// listed size; a 200 (Range ignored) is read up to the range's end only.
+/// A read of the whole file must also hash to `whole_file_id` where the
+/// listing or the answer named one: validators that still match can come
+/// with other bytes (a file rewritten in place that kept its ETag, a CDN
+/// serving a stale object, a mirror rewriting files).
 pub(crate) async fn read_ranged(
     budget: &Budget,
-    path: &str,
     response: Response,
-    file_size: u64,
+    file: &FileEntry,
     range: &Range<u64>,
+    whole_file_id: Option<&Checksum>,
 ) -> Result<Bytes, OriginError> {
+    let path = file.path.as_str();
+    let file_size = file.size;
     let status = response.status();
     let len = range.end - range.start;
     let skip = match status {
@@ -288,10 +312,22 @@ pub(crate) async fn read_ranged(
         .bytes_stream()
         .map_err(|e| transport_error(path, &e));
     let body = Box::pin(body);
-    match skip {
-        None => budget.read_body(path, body, 0, len, true, |e| e).await,
-        Some(skip) => budget.read_body(path, body, skip, len, false, |e| e).await,
+    let bytes = match skip {
+        None => budget.read_body(path, body, 0, len, true, |e| e).await?,
+        Some(skip) => {
+            budget
+                .read_body(path, body, skip, len, false, |e| e)
+                .await?
+        }
+    };
+    let whole_file = range.start == 0 && range.end == file_size;
+    if whole_file
+        && let Some(id) = whole_file_id
+        && !id.matches_whole(&bytes).await
+    {
+        return Err(OriginError::changed(path));
     }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -20,7 +20,8 @@ use swarmseed_proto::pb::Origin;
 
 mod origin_support;
 use origin_support::{
-    content, entry, percent_decode as decode, respond, serve_range, spawn_server,
+    content, entry, list_all, listed_paths, percent_decode as decode, respond, serve_range,
+    spawn_server,
 };
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -323,20 +324,15 @@ fn origin(fx: &Fixture, uri: &str, token: bool) -> Origin {
 async fn lists_a_model_at_a_commit_across_pages() {
     let fx = fixture().await;
     let client = OriginClient::new(&origin(&fx, "hf://org/model", true), options()).unwrap();
-    let listing = client.list(&[], &[]).await.unwrap();
-    assert_eq!(listing.revision, SHA);
-    let paths: Vec<_> = listing.files.iter().map(|f| f.path.as_str()).collect();
-    assert_eq!(
-        paths,
-        [
-            "README.md",
-            "config.json",
-            "model-00001.safetensors",
-            "model-00002.safetensors",
-            "tokenizer/merges txt",
-            "tokenizer/vocab.txt",
-        ]
-    );
+    let paths = [
+        "README.md",
+        "config.json",
+        "model-00001.safetensors",
+        "model-00002.safetensors",
+        "tokenizer/merges txt",
+        "tokenizer/vocab.txt",
+    ];
+    let listing = list_all(&client, SHA, &paths).await;
     // 7 entries (6 files + 1 directory), 2 a page.
     assert_eq!(fx.hub.tree_pages.load(Ordering::SeqCst), 4);
     let lfs = entry(&listing.files, "model-00002.safetensors");
@@ -358,7 +354,7 @@ async fn lists_a_model_at_a_commit_across_pages() {
         .list(&["*.safetensors".to_string()], &["*00002*".to_string()])
         .await
         .unwrap();
-    let paths: Vec<_> = only.files.iter().map(|f| f.path.as_str()).collect();
+    let paths = listed_paths(&only.files);
     assert_eq!(paths, ["model-00001.safetensors"]);
     assert_eq!(only.weak_validators.count, 0);
 
@@ -453,10 +449,8 @@ async fn datasets_revisions_and_subdirectories() {
         options(),
     )
     .unwrap();
-    let listing = client.list(&[], &[]).await.unwrap();
-    assert_eq!(listing.revision, SHA);
-    let paths: Vec<_> = listing.files.iter().map(|f| f.path.as_str()).collect();
-    assert_eq!(paths, ["meta.json", "part-0.parquet"]);
+    let paths = ["meta.json", "part-0.parquet"];
+    let listing = list_all(&client, SHA, &paths).await;
     let part = entry(&listing.files, "part-0.parquet");
     assert_eq!(part.size, 5000);
     let got = client.read_range(part, 4000..5000).await.unwrap();

@@ -19,7 +19,10 @@ use swarmseed_proto::Reason;
 use swarmseed_proto::pb::{FileEntry, Origin};
 
 mod origin_support;
-use origin_support::{content, entry, percent_decode, respond, serve_range, spawn_server};
+use origin_support::{
+    assert_reads_ranges, content, entry, list_all, list_error, listed_paths, percent_decode,
+    respond, serve_range, spawn_server,
+};
 
 #[derive(Default)]
 struct Site {
@@ -227,20 +230,15 @@ async fn lists_a_directory_tree_sorted_with_sizes_and_etags() {
     let site = sample_site();
     let base = start(site.clone()).await;
     let client = OriginClient::new(&origin(format!("{base}/data/")), fast()).unwrap();
-    let listing = client.list(&[], &[]).await.unwrap();
-    assert_eq!(listing.revision, "");
-    let paths: Vec<_> = listing.files.iter().map(|f| f.path.as_str()).collect();
-    assert_eq!(
-        paths,
-        [
-            "a dir/with #odd name.txt",
-            "config.json",
-            "empty.txt",
-            "weights/model-00001.safetensors",
-            "weights/model-00002.safetensors",
-            "weights/optimizer.bin",
-        ]
-    );
+    let paths = [
+        "a dir/with #odd name.txt",
+        "config.json",
+        "empty.txt",
+        "weights/model-00001.safetensors",
+        "weights/model-00002.safetensors",
+        "weights/optimizer.bin",
+    ];
+    let listing = list_all(&client, "", &paths).await;
     let model = entry(&listing.files, "weights/model-00002.safetensors");
     assert_eq!(model.size, 200_001);
     assert_eq!(model.etag, etag("data/weights/model-00002.safetensors", 1));
@@ -254,7 +252,7 @@ async fn lists_a_directory_tree_sorted_with_sizes_and_etags() {
         )
         .await
         .unwrap();
-    let paths: Vec<_> = filtered.files.iter().map(|f| f.path.as_str()).collect();
+    let paths = listed_paths(&filtered.files);
     assert_eq!(paths, ["config.json", "weights/model-00001.safetensors"]);
 }
 
@@ -265,15 +263,8 @@ async fn reads_exact_ranges_including_odd_names() {
     let client = OriginClient::new(&origin(format!("{base}/data/")), fast()).unwrap();
     let listing = client.list(&[], &[]).await.unwrap();
     let model = entry(&listing.files, "weights/model-00001.safetensors");
-    let want = content(300_000, 1);
-    for range in [0..1, 0..300_000, 12_345..200_000, 299_999..300_000] {
-        let got = client.read_range(model, range.clone()).await.unwrap();
-        assert_eq!(
-            got,
-            want.slice(range.start as usize..range.end as usize),
-            "{range:?}"
-        );
-    }
+    let ranges = [0..1, 0..300_000, 12_345..200_000, 299_999..300_000];
+    assert_reads_ranges(&client, model, &content(300_000, 1), &ranges).await;
     let odd = entry(&listing.files, "a dir/with #odd name.txt");
     assert_eq!(client.read_range(odd, 0..3).await.unwrap(), &b"odd"[..]);
     // Outside the listed size: refused before any request.
@@ -560,11 +551,7 @@ async fn an_empty_directory_or_globs_that_match_nothing_have_no_files() {
     let empty = Arc::new(Site::default());
     let base = start(empty).await;
     let uri = format!("{base}/");
-    let err = OriginClient::new(&origin(uri.clone()), fast())
-        .unwrap()
-        .list(&[], &[])
-        .await
-        .unwrap_err();
+    let err = list_error(&origin(uri.clone()), fast()).await;
     assert_eq!(
         err,
         OriginError::NoFiles {
@@ -620,11 +607,7 @@ async fn unusable_names_in_a_directory_listing_are_refused_naming_them() {
         let site = sample_site();
         site.extra_entries.lock().unwrap().push(raw);
         let base = start(site).await;
-        let err = OriginClient::new(&origin(format!("{base}/")), fast())
-            .unwrap()
-            .list(&[], &[])
-            .await
-            .unwrap_err();
+        let err = list_error(&origin(format!("{base}/")), fast()).await;
         assert_eq!(err.label(), "unusable_name", "{name}: {err}");
         assert_eq!(err.reason(), Reason::InvalidSource);
         assert!(err.to_string().contains(&format!("{name:?}")), "{err}");
@@ -754,11 +737,7 @@ async fn an_oversized_listing_is_refused_before_it_is_read() {
         }
     });
     let started = Instant::now();
-    let err = OriginClient::new(&origin(format!("http://{address}/")), fast())
-        .unwrap()
-        .list(&[], &[])
-        .await
-        .unwrap_err();
+    let err = list_error(&origin(format!("http://{address}/")), fast()).await;
     assert_eq!(err.label(), "protocol", "{err}");
     assert!(
         err.to_string().contains("larger than 268435456 bytes"),

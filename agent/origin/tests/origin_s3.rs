@@ -4,93 +4,16 @@
 // Test fixtures may panic on anything unexpected.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Child;
-use std::time::Duration;
-
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use swarmseed_origin::{OriginClient, OriginError, OriginOptions};
 use swarmseed_proto::Reason;
-use swarmseed_proto::pb::Origin;
 
 mod origin_support;
-use origin_support::{content, entry};
-
-/// moto's server, killed when dropped.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Moto {
-    fn start() -> Self {
-        let (child, port) = origin_support::start_moto();
-        Self {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn create_bucket(&self, bucket: &str) -> AmazonS3 {
-        // object_store cannot create buckets; moto takes an unsigned PUT.
-        let response = reqwest::Client::new()
-            .put(format!("{}/{bucket}", self.endpoint))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "{}", response.status());
-        swarmseed_origin::install_crypto_provider();
-        AmazonS3Builder::new()
-            .with_endpoint(&self.endpoint)
-            .with_allow_http(true)
-            .with_bucket_name(bucket)
-            .with_region("us-east-1")
-            .with_access_key_id("test")
-            .with_secret_access_key("test")
-            .build()
-            .unwrap()
-    }
-
-    /// Stores `body` under exactly `key` (object_store would normalize a
-    /// key with a leading or trailing `/`); moto takes unsigned PUTs.
-    async fn put_raw(&self, bucket: &str, key: &str, body: &'static [u8]) {
-        let response = reqwest::Client::new()
-            .put(format!("{}/{bucket}/{key}", self.endpoint))
-            .body(body)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "{}", response.status());
-    }
-
-    fn origin(&self, uri: &str) -> Origin {
-        let mut origin = Origin {
-            uri: uri.into(),
-            endpoint: self.endpoint.clone(),
-            region: "us-east-1".into(),
-            allow_http: true,
-            ..Default::default()
-        };
-        origin
-            .credentials
-            .insert("AWS_ACCESS_KEY_ID".into(), "test".into());
-        origin
-            .credentials
-            .insert("AWS_SECRET_ACCESS_KEY".into(), "test".into());
-        origin
-    }
-}
+use origin_support::{
+    Moto, assert_reads_ranges, content, entry, list_all, list_error, listed_paths,
+};
 
 fn options() -> OriginOptions {
     origin_support::options(2)
@@ -111,18 +34,13 @@ async fn lists_reads_and_detects_changes_on_s3() {
     put("llama-other/x.bin", content(10, 3)).await;
 
     let client = OriginClient::new(&moto.origin("s3://models/llama/"), options()).unwrap();
-    let listing = client.list(&[], &[]).await.unwrap();
-    assert_eq!(listing.revision, "");
-    let paths: Vec<_> = listing.files.iter().map(|f| f.path.as_str()).collect();
-    assert_eq!(
-        paths,
-        [
-            "config.json",
-            "model.safetensors",
-            "tok/extra.bin",
-            "tok/vocab file.txt"
-        ]
-    );
+    let paths = [
+        "config.json",
+        "model.safetensors",
+        "tok/extra.bin",
+        "tok/vocab file.txt",
+    ];
+    let listing = list_all(&client, "", &paths).await;
     let model = entry(&listing.files, "model.safetensors");
     assert_eq!(model.size, 300_000);
     assert!(!model.etag.is_empty());
@@ -132,18 +50,11 @@ async fn lists_reads_and_detects_changes_on_s3() {
         .list(&["**/*.txt".into(), "*.json".into()], &["tok/*".into()])
         .await
         .unwrap();
-    let paths: Vec<_> = filtered.files.iter().map(|f| f.path.as_str()).collect();
+    let paths = listed_paths(&filtered.files);
     assert_eq!(paths, ["config.json"]);
 
-    let want = content(300_000, 1);
-    for range in [0..1, 0..300_000, 65_536..200_001, 299_999..300_000] {
-        let got = client.read_range(model, range.clone()).await.unwrap();
-        assert_eq!(
-            got,
-            want.slice(range.start as usize..range.end as usize),
-            "{range:?}"
-        );
-    }
+    let ranges = [0..1, 0..300_000, 65_536..200_001, 299_999..300_000];
+    assert_reads_ranges(&client, model, &content(300_000, 1), &ranges).await;
     let vocab = entry(&listing.files, "tok/vocab file.txt");
     assert_eq!(client.read_range(vocab, 2..5).await.unwrap(), &b"b c"[..]);
 
@@ -188,19 +99,11 @@ async fn missing_buckets_are_not_found_and_empty_prefixes_have_no_files() {
         .await
         .unwrap();
 
-    let err = OriginClient::new(&moto.origin("s3://no-such-bucket/x"), options())
-        .unwrap()
-        .list(&[], &[])
-        .await
-        .unwrap_err();
+    let err = list_error(&moto.origin("s3://no-such-bucket/x"), options()).await;
     assert_eq!(err.label(), "not_found", "{err}");
     assert_eq!(err.reason(), Reason::InvalidSource);
 
-    let err = OriginClient::new(&moto.origin("s3://data/absent"), options())
-        .unwrap()
-        .list(&[], &[])
-        .await
-        .unwrap_err();
+    let err = list_error(&moto.origin("s3://data/absent"), options()).await;
     assert_eq!(
         err,
         OriginError::NoFiles {
@@ -284,7 +187,7 @@ async fn keys_that_do_not_round_trip_are_refused_naming_the_key() {
     moto.put_raw("markers", "p/sub/", b"").await;
     moto.put_raw("markers", "p/sub/x.bin", b"xyz").await;
     let listing = list("s3://markers/p").await.unwrap();
-    let paths: Vec<_> = listing.files.iter().map(|f| f.path.as_str()).collect();
+    let paths = listed_paths(&listing.files);
     assert_eq!(paths, ["sub/x.bin"]);
     assert_eq!(listing.weak_validators.count, 0);
     let err = list("s3://markers/p/e").await.unwrap_err();

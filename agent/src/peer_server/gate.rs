@@ -5,7 +5,6 @@
 
 use crate::lock;
 use std::collections::{BTreeMap, HashMap};
-use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +37,8 @@ impl Default for HandshakeLimits {
     }
 }
 
-/// Why a connection was closed before it authenticated.
+/// Why a connection was closed before it authenticated: the gate's own
+/// limits, or what the handshake refused.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum HandshakeError {
     #[error("{0} handshakes in progress from this address")]
@@ -47,28 +47,8 @@ pub(super) enum HandshakeError {
     Evicted(usize),
     #[error("no valid HELLO within {0:?}")]
     Timeout(Duration),
-    #[error("{0}")]
-    Malformed(io::Error),
-    #[error("{0}")]
-    UnknownDataset(&'static str),
-    #[error("bad credential")]
-    BadCredential,
-    #[error("dataset failed on this node")]
-    Failed,
-    #[error("{0}")]
-    Io(#[from] io::Error),
-}
-
-impl From<Refusal> for HandshakeError {
-    fn from(r: Refusal) -> Self {
-        match r {
-            Refusal::Malformed(e) => Self::Malformed(e),
-            Refusal::UnknownDataset(why) => Self::UnknownDataset(why),
-            Refusal::BadCredential => Self::BadCredential,
-            Refusal::Failed => Self::Failed,
-            Refusal::Io(e) => Self::Io(e),
-        }
-    }
+    #[error(transparent)]
+    Refused(#[from] Refusal),
 }
 
 impl HandshakeError {
@@ -77,11 +57,7 @@ impl HandshakeError {
             Self::SourceLimit(_) => "source_limit",
             Self::Evicted(_) => "evicted",
             Self::Timeout(_) => "timeout",
-            Self::Malformed(_) => "malformed",
-            Self::UnknownDataset(_) => "unknown_dataset",
-            Self::BadCredential => "bad_credential",
-            Self::Failed => "dataset_failed",
-            Self::Io(_) => "io",
+            Self::Refused(refusal) => refusal.label(),
         }
     }
 }

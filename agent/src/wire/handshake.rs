@@ -132,6 +132,19 @@ pub enum Refusal {
     Io(#[from] io::Error),
 }
 
+impl Refusal {
+    /// A short stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::UnknownDataset(_) => "unknown_dataset",
+            Self::BadCredential => "bad_credential",
+            Self::Failed => "dataset_failed",
+            Self::Io(_) => "io",
+        }
+    }
+}
+
 /// The server end: SERVER_HELLO out, HELLO in, checked. The revision the
 /// client proved it may read (`find` looks it up) and its HELLO. A
 /// refusal is answered with ERROR and the write side shut. Reads straight

@@ -601,21 +601,17 @@ pub fn http_origin(url: &str) -> pb::Origin {
 
 /// moto's S3 server behind a counting TCP proxy; both stop when dropped.
 pub struct S3Origin {
-    child: Child,
+    /// The server itself, stopped when this is dropped.
+    moto: origin_support::Moto,
+    /// The proxy's base URL.
     pub endpoint: String,
     pub bytes_served: Arc<AtomicU64>,
 }
 
-impl Drop for S3Origin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl S3Origin {
     pub async fn start() -> Self {
-        let (child, port) = origin_support::start_moto();
+        let moto = origin_support::Moto::start();
+        let port = moto.port;
         // Count what flows from moto to its clients.
         let served = Arc::new(AtomicU64::new(0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -657,7 +653,7 @@ impl S3Origin {
             }
         });
         Self {
-            child,
+            moto,
             endpoint: format!("http://{proxy}"),
             bytes_served: served,
         }
@@ -666,22 +662,7 @@ impl S3Origin {
     /// Creates `bucket` and uploads every file under `dir` into it.
     pub async fn upload(&self, bucket: &str, dir: &Path) {
         use object_store::ObjectStoreExt;
-        let r = reqwest::Client::new()
-            .put(format!("{}/{bucket}", self.endpoint))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "create bucket: {}", r.status());
-        swarmseed_origin::install_crypto_provider();
-        let store = object_store::aws::AmazonS3Builder::new()
-            .with_endpoint(&self.endpoint)
-            .with_allow_http(true)
-            .with_bucket_name(bucket)
-            .with_region("us-east-1")
-            .with_access_key_id("test")
-            .with_secret_access_key("test")
-            .build()
-            .unwrap();
+        let store = origin_support::create_bucket(&self.endpoint, bucket).await;
         for (rel, _) in tree(dir) {
             let bytes = std::fs::read(dir.join(&rel)).unwrap();
             store
@@ -692,19 +673,9 @@ impl S3Origin {
         self.bytes_served.store(0, Ordering::SeqCst);
     }
 
+    /// An origin for the S3 `uri`, read through the counting proxy.
     pub fn origin(&self, uri: &str) -> pb::Origin {
-        let mut o = pb::Origin {
-            uri: uri.into(),
-            endpoint: self.endpoint.clone(),
-            region: "us-east-1".into(),
-            allow_http: true,
-            ..Default::default()
-        };
-        o.credentials
-            .insert("AWS_ACCESS_KEY_ID".into(), "test".into());
-        o.credentials
-            .insert("AWS_SECRET_ACCESS_KEY".into(), "test".into());
-        o
+        origin_support::s3_origin(&self.endpoint, uri)
     }
 
     pub fn served(&self) -> u64 {

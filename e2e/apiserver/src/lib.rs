@@ -8,6 +8,7 @@
 //! A test fixture, never shipped.
 
 mod http;
+mod kubectl;
 mod patch;
 mod protobuf;
 mod resources;
@@ -25,6 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use http::AuditRecord;
+pub use kubectl::{Kubectl, KubectlOutput};
 
 /// Errors of starting the server or building a client for it.
 #[derive(Debug, thiserror::Error)]

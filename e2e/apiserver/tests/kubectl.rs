@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use kube_standin::ApiServer;
+use kube_standin::{ApiServer, KubectlOutput};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -40,43 +40,19 @@ fn widget(size: u32) -> String {
 const NODE: &str = r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
   "status": {"conditions": [{"type": "Ready", "status": "True"}]}}"#;
 
+/// kubectl for the stand-in, and a directory for the manifests it applies.
 struct Kubectl {
-    kubeconfig: PathBuf,
-    cache: PathBuf,
+    kubectl: kube_standin::Kubectl,
     dir: PathBuf,
-}
-
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
 }
 
 impl Kubectl {
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("kubectl");
-        c.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(&self.cache)
-            .arg("--request-timeout=20s")
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        c
+        self.kubectl.command(args)
     }
 
-    async fn run(&self, args: &[&str]) -> Out {
-        let child = self.command(args).output();
-        let out = tokio::time::timeout(Duration::from_secs(40), child)
-            .await
-            .unwrap_or_else(|_| panic!("kubectl {args:?} hung"))
-            .expect("kubectl runs");
-        Out {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+    async fn run(&self, args: &[&str]) -> KubectlOutput {
+        self.kubectl.run(args).await.expect("kubectl runs")
     }
 
     /// Runs and asserts success and the exact stdout.
@@ -86,18 +62,18 @@ impl Kubectl {
         assert_eq!(out.stdout.trim_end(), stdout, "kubectl {args:?}");
     }
 
+    /// Patches the widget `w` (`options` such as `--type=merge`) and
+    /// checks that kubectl says so.
+    async fn patch_widget(&self, options: &[&str], patch: &str) {
+        let args: Vec<&str> = [&["patch", "widget", "w"][..], options, &["-p", patch]].concat();
+        self.expect(&args, "widget.example.com/w patched").await;
+    }
+
     fn file(&self, name: &str, content: &str) -> String {
         let p = self.dir.join(name);
         std::fs::write(&p, content).expect("write manifest");
         p.display().to_string()
     }
-}
-
-fn kubectl_present() -> bool {
-    std::process::Command::new("kubectl")
-        .args(["version", "--client"])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// Splits a table line into its columns.
@@ -122,7 +98,7 @@ async fn next_line_matching(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_drives_the_stand_in() {
-    if !kubectl_present() {
+    if !kube_standin::Kubectl::installed() {
         eprintln!("!!!!! SKIPPED kubectl_drives_the_stand_in: no `kubectl` on PATH !!!!!");
         return;
     }
@@ -131,11 +107,9 @@ async fn kubectl_drives_the_stand_in() {
         .expect("server starts");
     let tmp = tempfile::tempdir().expect("tempdir");
     let k = Kubectl {
-        kubeconfig: tmp.path().join("kubeconfig"),
-        cache: tmp.path().join("cache"),
+        kubectl: server.kubectl(tmp.path()).expect("kubeconfig"),
         dir: tmp.path().to_path_buf(),
     };
-    server.write_kubeconfig(&k.kubeconfig).expect("kubeconfig");
     run_scenario(&k, tmp.path()).await;
     server.shutdown().await;
 }
@@ -206,18 +180,8 @@ async fn run_scenario(k: &Kubectl, _dir: &Path) {
         .await,
         "{seen:?}"
     );
-    k.expect(
-        &[
-            "patch",
-            "widget",
-            "w",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"size":3}}"#,
-        ],
-        "widget.example.com/w patched",
-    )
-    .await;
+    k.patch_widget(&["--type=merge"], r#"{"spec":{"size":3}}"#)
+        .await;
     assert!(
         next_line_matching(&mut lines, &mut seen, |c| c.first() == Some(&"w")
             && c.get(1) == Some(&"3"))
@@ -278,17 +242,9 @@ async fn run_scenario(k: &Kubectl, _dir: &Path) {
         !waiter.is_finished(),
         "wait returned before the condition was set"
     );
-    k.expect(
-        &[
-            "patch",
-            "widget",
-            "w",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"Done"}]}}"#,
-        ],
-        "widget.example.com/w patched",
+    k.patch_widget(
+        &["--subresource=status", "--type=merge"],
+        r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"Done"}]}}"#,
     )
     .await;
     let out = tokio::time::timeout(Duration::from_secs(40), waiter)
@@ -312,16 +268,9 @@ async fn run_scenario(k: &Kubectl, _dir: &Path) {
     );
 
     // Deleting an object with a finalizer leaves it terminating until the finalizer goes.
-    k.expect(
-        &[
-            "patch",
-            "widget",
-            "w",
-            "--type=merge",
-            "-p",
-            r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
-        ],
-        "widget.example.com/w patched",
+    k.patch_widget(
+        &["--type=merge"],
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
     )
     .await;
     k.expect(
@@ -344,16 +293,9 @@ async fn run_scenario(k: &Kubectl, _dir: &Path) {
         out.stdout,
         out.stderr
     );
-    k.expect(
-        &[
-            "patch",
-            "widget",
-            "w",
-            "--type=json",
-            "-p",
-            r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
-        ],
-        "widget.example.com/w patched",
+    k.patch_widget(
+        &["--type=json"],
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
     )
     .await;
     let out = k.run(&["get", "widget", "w"]).await;

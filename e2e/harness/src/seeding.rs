@@ -3,11 +3,13 @@
 //! and kubectl to drive it — what the operator's e2e tests and the demo
 //! share.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use swarmseed_proto::pb;
 
 use crate::error::{Error, Result};
@@ -187,6 +189,45 @@ impl SeedCluster {
             .await?
             .and_then(|d| d.get("status").cloned())
             .unwrap_or_default())
+    }
+
+    /// Deletes the Dataset `ns/name` with kubectl and waits (up to 60 s)
+    /// until it is gone, finalizer included.
+    pub async fn delete_dataset(&self, ns: &str, name: &str) -> Result<()> {
+        self.kubectl(&[
+            "delete",
+            "dataset",
+            name,
+            "-n",
+            ns,
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .await
+        .map(|_| ())
+    }
+
+    /// Creates the Secret `ns/name` holding `data`, (key, value) pairs.
+    pub async fn create_secret(&self, ns: &str, name: &str, data: &[(&str, &str)]) -> Result<()> {
+        let mut args: Vec<String> = ["create", "secret", "generic", name, "-n", ns]
+            .map(str::to_owned)
+            .to_vec();
+        args.extend(data.iter().map(|(k, v)| format!("--from-literal={k}={v}")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.kubectl(&args).await.map(|_| ())
+    }
+
+    /// The names of the Nodes that carry the label `key`.
+    pub async fn labelled_nodes(&self, key: &str) -> Result<BTreeSet<String>> {
+        let nodes = Api::<Node>::all(self.cluster.client())
+            .list(&ListParams::default().labels(key))
+            .await
+            .map_err(|e| Error::Invalid(format!("list nodes labelled {key}: {e}")))?;
+        Ok(nodes
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect())
     }
 
     /// One line per Event (`events.k8s.io`) in `ns`: `fields`, a kubectl

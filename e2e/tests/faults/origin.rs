@@ -200,18 +200,11 @@ async fn unsafe_keys() {
     };
     let s3 = c.cluster.start_s3_origin("keys").await.unwrap();
     let endpoint = s3.endpoint().to_owned();
-    c.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        "s3-creds",
-        "-n",
-        NS,
-        &format!("--from-literal=AWS_ACCESS_KEY_ID={ACCESS_KEY_ID}"),
-        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={SECRET_ACCESS_KEY}"),
-    ])
-    .await
-    .unwrap();
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+    ];
+    c.create_secret(NS, "s3-creds", &keys).await.unwrap();
     // A bucket of its own for the leading '/', listed whole.
     create_bucket(&endpoint, "rooted").await;
     put_raw(&endpoint, "rooted", "/abs.txt", b"absolute".to_vec()).await;
@@ -268,7 +261,7 @@ async fn unsafe_keys() {
         );
         nothing_written(&c, name);
     }
-    eprintln!("unsafe_keys: {:.1} s", started.elapsed().as_secs_f64());
+    report_time("unsafe_keys", started);
     drop(s3);
     c.cluster.stop().await;
 }
@@ -316,6 +309,11 @@ async fn relist_recovers(c: &SeedCluster, name: &str, src: &Path) {
     .unwrap();
     wait_ready(c, name, Duration::from_secs(40)).await;
     every_node_holds(c, name, src);
+}
+
+/// Says how long the row `row` took.
+fn report_time(row: &str, started: Instant) {
+    eprintln!("{row}: {:.1} s", started.elapsed().as_secs_f64());
 }
 
 /// A file replaced after the listing and before any of it is read (it is
@@ -368,10 +366,7 @@ async fn origin_changed_before_read() {
         "{message}"
     );
     relist_recovers(&c, "before", &src).await;
-    eprintln!(
-        "origin_changed_before_read: {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    report_time("origin_changed_before_read", started);
     drop(origin);
     c.cluster.stop().await;
 }
@@ -401,10 +396,7 @@ async fn origin_changed_during_read() {
     let message = degraded(&c, "during", "SourceChanged", Duration::from_secs(40)).await;
     assert!(message.contains("big.bin"), "{message:?}");
     relist_recovers(&c, "during", &src).await;
-    eprintln!(
-        "origin_changed_during_read: {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    report_time("origin_changed_during_read", started);
     drop(origin);
     c.cluster.stop().await;
 }

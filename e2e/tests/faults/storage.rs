@@ -1,11 +1,12 @@
 //! Storage rows: a node whose disk is full before the seed or fills during
 //! it, and a Dataset name as long as Kubernetes allows.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use swarmseed_harness::ClusterSpec;
+use swarmseed_harness::cluster::RemoteHttpOrigin;
 use swarmseed_harness::origin::dataset::{DatasetSpec, generate_dataset, tree_digest};
 use swarmseed_harness::seeding::{Binaries, SeedCluster, condition, dataset_yaml};
 
@@ -28,6 +29,19 @@ async fn start(disk: Option<u64>) -> SeedCluster {
     let c = SeedCluster::start(spec, bins).await.unwrap();
     c.kubectl(&["create", "namespace", NS]).await.unwrap();
     c
+}
+
+/// [`start`], and `dataset` generated and served by an HTTP origin: the
+/// cluster, the dataset's directory and the origin.
+async fn start_with_source(
+    disk: Option<u64>,
+    dataset: &DatasetSpec,
+) -> (SeedCluster, PathBuf, RemoteHttpOrigin) {
+    let mut c = start(disk).await;
+    let src = c.cluster.work_dir().join("origin-http");
+    generate_dataset(&src, dataset).unwrap();
+    let origin = c.cluster.start_http_origin(&src, 8080).await.unwrap();
+    (c, src, origin)
 }
 
 /// About 26 MiB: two files of 12 MiB and 100 small ones.
@@ -189,10 +203,7 @@ async fn assert_out_of_space_on_one_node(c: &SeedCluster, name: &str, src: &Path
 /// the origin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_before_seed() {
-    let mut c = start(Some(128 * MIB)).await;
-    let src = c.cluster.work_dir().join("origin-http");
-    generate_dataset(&src, &dataset(181)).unwrap();
-    let origin = c.cluster.start_http_origin(&src, 8080).await.unwrap();
+    let (c, src, origin) = start_with_source(Some(128 * MIB), &dataset(181)).await;
     let full_root = c.cluster.node(FULL).unwrap().root.clone();
     fill(&full_root, 8 * MIB);
 
@@ -218,10 +229,7 @@ async fn disk_full_before_seed() {
 /// partial is published on the full one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_during_seed() {
-    let mut c = start(Some(128 * MIB)).await;
-    let src = c.cluster.work_dir().join("origin-http");
-    generate_dataset(&src, &dataset(182)).unwrap();
-    let origin = c.cluster.start_http_origin(&src, 8080).await.unwrap();
+    let (c, src, origin) = start_with_source(Some(128 * MIB), &dataset(182)).await;
     let full_root = c.cluster.node(FULL).unwrap().root.clone();
 
     let name = "weights";
@@ -265,10 +273,7 @@ async fn disk_full_during_seed() {
 /// it is Ready, and its Events are recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn name_of_253_characters() {
-    let mut c = start(None).await;
-    let src = c.cluster.work_dir().join("origin-http");
-    generate_dataset(&src, &DatasetSpec::tiny(183)).unwrap();
-    let origin = c.cluster.start_http_origin(&src, 8080).await.unwrap();
+    let (c, src, origin) = start_with_source(None, &DatasetSpec::tiny(183)).await;
     // Four labels: 63, 63, 63 and 61 characters.
     let name = [('a', 63), ('b', 63), ('c', 63), ('d', 61)]
         .map(|(c, n)| String::from(c).repeat(n))

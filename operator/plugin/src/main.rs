@@ -405,17 +405,44 @@ async fn run(cli: Cli) -> Result<ExitCode, PluginError> {
     }
 }
 
+/// The failures of a polling loop: a transient one is said once (until
+/// another one comes, or a poll succeeds) and the loop keeps looking.
+#[derive(Default)]
+struct Failures {
+    last: String,
+}
+
+impl Failures {
+    /// A poll succeeded: the next failure is said again.
+    fn clear(&mut self) {
+        self.last.clear();
+    }
+
+    /// `Err` for a final failure, which ends the loop.
+    fn keep_polling(&mut self, e: PluginError) -> Result<(), PluginError> {
+        if e.is_final() {
+            return Err(e);
+        }
+        let e = e.to_string();
+        if e != self.last {
+            eprintln!("warning: {e} (retrying)");
+            self.last = e;
+        }
+        Ok(())
+    }
+}
+
 /// `status --watch`: on a terminal the screen is redrawn in place; into a
 /// pipe or file a page is written only when it changed.
 async fn watch_status(cluster: &Cluster, name: &str) -> Result<ExitCode, PluginError> {
     let terminal = std::io::stdout().is_terminal();
     let mut last_page = String::new();
-    let mut last_error = String::new();
+    let mut failures = Failures::default();
     loop {
         let started = Instant::now();
         match cluster.get(name, cluster.request_timeout).await {
             Ok(ds) => {
-                last_error.clear();
+                failures.clear();
                 let page = plugin::render_status(&ds);
                 if terminal {
                     // Home, clear screen, then the page.
@@ -434,15 +461,7 @@ async fn watch_status(cluster: &Cluster, name: &str) -> Result<ExitCode, PluginE
                     return Ok(ExitCode::SUCCESS);
                 }
             }
-            Err(e) if e.is_final() => return Err(e),
-            // A transient failure: say so once, keep looking.
-            Err(e) => {
-                let e = e.to_string();
-                if e != last_error {
-                    eprintln!("warning: {e} (retrying)");
-                    last_error = e;
-                }
-            }
+            Err(e) => failures.keep_polling(e)?,
         }
         tokio::time::sleep_until(started + POLL_INTERVAL).await;
     }
@@ -458,7 +477,7 @@ async fn wait_ready(
 ) -> Result<ExitCode, PluginError> {
     let deadline = Instant::now() + timeout;
     let mut last_line = String::new();
-    let mut last_error = String::new();
+    let mut failures = Failures::default();
     loop {
         let started = Instant::now();
         // At least a second for the request, even with `--timeout 0`.
@@ -469,7 +488,7 @@ async fn wait_ready(
         );
         match cluster.get(name, limit).await {
             Ok(ds) => {
-                last_error.clear();
+                failures.clear();
                 match plugin::readiness(&ds) {
                     Readiness::Ready(message) => {
                         emit(&format!("dataset {name:?} is Ready: {message}\n"));
@@ -496,14 +515,7 @@ async fn wait_ready(
                     }
                 }
             }
-            Err(e) if e.is_final() => return Err(e),
-            Err(e) => {
-                let e = e.to_string();
-                if e != last_error {
-                    eprintln!("warning: {e} (retrying)");
-                    last_error = e;
-                }
-            }
+            Err(e) => failures.keep_polling(e)?,
         }
         if Instant::now() >= deadline {
             eprintln!(

@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::CustomResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube_standin::ApiServer;
+use kube_standin::{ApiServer, Kubectl};
 use swarmseed_crd::Dataset;
 use swarmseed_operator::status::{self, NodeReport, Reason, RevisionInfo, StatusInput};
 use swarmseed_proto::pb::{DatasetProgress, DatasetState, ErrorInfo};
@@ -469,7 +469,7 @@ async fn the_plugin_lists_shows_and_waits_for_datasets() {
     );
 
     // As a kubectl plugin: kubectl finds kubectl-swarmseed on PATH.
-    if kubectl_present() {
+    if Kubectl::installed() {
         let dir = PathBuf::from(PLUGIN)
             .parent()
             .expect("the binary's directory")
@@ -502,11 +502,4 @@ async fn the_plugin_lists_shows_and_waits_for_datasets() {
         eprintln!("!!!!! SKIPPED the kubectl part: no `kubectl` on PATH !!!!!");
     }
     server.shutdown().await;
-}
-
-fn kubectl_present() -> bool {
-    std::process::Command::new("kubectl")
-        .args(["version", "--client"])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }

@@ -2,13 +2,16 @@
 //! labels, reconcile rounds and how long a LIST of every Node takes.
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Node;
+use kube::Resource;
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::runtime::{WatchStreamExt as _, watcher};
+use serde::de::DeserializeOwned;
 use swarmseed_harness::seeding::{dataset_resource, is_ready};
 
 use super::{NAMESPACE, NODE_LABEL, lock};
@@ -23,25 +26,42 @@ pub(super) struct Track {
 
 pub(super) type Tracks = Arc<Mutex<BTreeMap<String, Track>>>;
 
+/// Spawns a watch of `api`: `record` sees every object applied, with the
+/// instant it was seen. Watch errors are logged under `what` and retried
+/// with backoff.
+fn follow<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+    mut record: impl FnMut(K, Instant) + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut events = watcher(api, config).default_backoff().boxed();
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    record(o, Instant::now())
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "{what} watch"),
+            }
+        }
+    })
+}
+
 /// Follows the Datasets of [`NAMESPACE`], recording every status change.
 pub(super) fn watch_datasets(client: kube::Client, tracks: Tracks) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let api: Api<DynamicObject> = Api::namespaced_with(client, NAMESPACE, &dataset_resource());
-        let mut events = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        while let Some(ev) = events.next().await {
-            let obj = match ev {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => o,
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::debug!(error = %e, "dataset watch");
-                    continue;
-                }
-            };
-            let now = Instant::now();
+    let api: Api<DynamicObject> = Api::namespaced_with(client, NAMESPACE, &dataset_resource());
+    follow(
+        api,
+        watcher::Config::default(),
+        "dataset",
+        move |obj, now| {
             let Some(name) = obj.metadata.name.clone() else {
-                continue;
+                return;
             };
             let status = obj.data.get("status").cloned();
             let mut guard = lock(&tracks);
@@ -53,8 +73,8 @@ pub(super) fn watch_datasets(client: kube::Client, tracks: Tracks) -> tokio::tas
                 }
                 t.status = status;
             }
-        }
-    })
+        },
+    )
 }
 
 /// One Dataset's node label (`swarmseed.io/ds.<16 hex>`, as the
@@ -86,40 +106,24 @@ pub(super) fn watch_labels(
         .iter()
         .map(|n| (dataset_label(NAMESPACE, n), n.clone()))
         .collect();
-    tokio::spawn(async move {
-        // `PartialObjectMeta` makes the requests metadata-only.
-        let api: Api<PartialObjectMeta<Node>> = Api::all(client);
-        let mut events = watcher(
-            api,
-            watcher::Config::default().labels(&format!("{}={}", NODE_LABEL.0, NODE_LABEL.1)),
-        )
-        .default_backoff()
-        .boxed();
-        while let Some(ev) = events.next().await {
-            let obj = match ev {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => o,
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::debug!(error = %e, "node watch");
-                    continue;
-                }
-            };
-            let now = Instant::now();
-            let Some(node) = obj.metadata.name.clone() else {
-                continue;
-            };
-            let labels = obj.metadata.labels.unwrap_or_default();
-            let mut guard = lock(&tracks);
-            for (key, name) in &keys {
-                let t = guard.entry(name.clone()).or_default();
-                if labels.get(key).is_some_and(|v| v == "ready") {
-                    t.nodes.insert(node.clone());
-                } else {
-                    t.nodes.remove(&node);
-                }
-                if t.complete.is_none() && t.nodes.len() >= nodes {
-                    t.complete = Some(now);
-                }
+    // `PartialObjectMeta` makes the requests metadata-only.
+    let api: Api<PartialObjectMeta<Node>> = Api::all(client);
+    let config = watcher::Config::default().labels(&format!("{}={}", NODE_LABEL.0, NODE_LABEL.1));
+    follow(api, config, "node", move |obj, now| {
+        let Some(node) = obj.metadata.name.clone() else {
+            return;
+        };
+        let labels = obj.metadata.labels.unwrap_or_default();
+        let mut guard = lock(&tracks);
+        for (key, name) in &keys {
+            let t = guard.entry(name.clone()).or_default();
+            if labels.get(key).is_some_and(|v| v == "ready") {
+                t.nodes.insert(node.clone());
+            } else {
+                t.nodes.remove(&node);
+            }
+            if t.complete.is_none() && t.nodes.len() >= nodes {
+                t.complete = Some(now);
             }
         }
     })

@@ -573,34 +573,24 @@ mod tests {
     #[test]
     fn ranges() {
         use RangeRequest::*;
-        assert_eq!(parse_range("bytes=0-9", 100), Partial { start: 0, end: 9 });
-        assert_eq!(
-            parse_range("bytes=90-", 100),
-            Partial { start: 90, end: 99 }
-        );
-        assert_eq!(
-            parse_range("bytes=90-500", 100),
-            Partial { start: 90, end: 99 }
-        );
-        assert_eq!(
-            parse_range("bytes=-10", 100),
-            Partial { start: 90, end: 99 }
-        );
-        assert_eq!(
-            parse_range("bytes=-500", 100),
-            Partial { start: 0, end: 99 }
-        );
-        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
-        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
-        assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);
-        assert_eq!(parse_range("bytes=5-2", 100), Full, "invalid: ignored");
-        assert_eq!(
-            parse_range("bytes=0-1,5-6", 100),
-            Full,
-            "multi-range: ignored"
-        );
-        assert_eq!(parse_range("items=0-1", 100), Full);
-        assert_eq!(parse_range("bytes=x-1", 100), Full);
+        let partial = |start, end| Partial { start, end };
+        for (header, size, want) in [
+            ("bytes=0-9", 100, partial(0, 9)),
+            ("bytes=90-", 100, partial(90, 99)),
+            ("bytes=90-500", 100, partial(90, 99)),
+            ("bytes=-10", 100, partial(90, 99)),
+            ("bytes=-500", 100, partial(0, 99)),
+            ("bytes=100-", 100, Unsatisfiable),
+            ("bytes=-0", 100, Unsatisfiable),
+            ("bytes=0-0", 0, Unsatisfiable),
+            // Invalid, multi-range and other units: ignored.
+            ("bytes=5-2", 100, Full),
+            ("bytes=0-1,5-6", 100, Full),
+            ("items=0-1", 100, Full),
+            ("bytes=x-1", 100, Full),
+        ] {
+            assert_eq!(parse_range(header, size), want, "{header} of {size}");
+        }
     }
 
     #[test]

@@ -159,12 +159,46 @@ fn run(
     (decision, done)
 }
 
+/// `observed` with a fresh agent on each node named.
+fn fresh_nodes(names: &[&str]) -> Observed {
+    observed(names.iter().map(|n| (*n, fresh(n))).collect())
+}
+
+/// What the first run over fresh agents sent and concluded, every send
+/// accepted.
+struct FirstRun {
+    revision: String,
+    plan: Plan,
+    memo: Memo,
+    status: DatasetStatus,
+}
+
+/// The first run over fresh agents on the nodes named.
+fn first_run(names: &[&str]) -> FirstRun {
+    let obs = fresh_nodes(names);
+    let (decision, done) = run(&obs, &Memo::default(), accepted, &now(0));
+    FirstRun {
+        revision: obs.revision(),
+        plan: decision.plan.expect("a plan"),
+        memo: done.memo,
+        status: done.status,
+    }
+}
+
+impl FirstRun {
+    /// The Dataset observed later, each node's agent following the first
+    /// plan in the state given.
+    fn reported(&self, nodes: &[(&str, DatasetState)]) -> Observed {
+        let seen = nodes
+            .iter()
+            .map(|&(n, state)| (n, following(n, &self.revision, &self.plan, state)));
+        observed(seen.collect())
+    }
+}
+
 #[test]
 fn a_new_dataset_is_assigned_to_every_selected_node_and_says_it_is_seeding() {
-    let obs = observed(vec![
-        ("node-1", fresh("node-1")),
-        ("node-2", fresh("node-2")),
-    ]);
+    let obs = fresh_nodes(&["node-1", "node-2"]);
     let (decision, done) = run(&obs, &Memo::default(), accepted, &now(0));
     let plan = decision.plan.as_ref().expect("a plan");
     assert_eq!(decision.send, ["node-1", "node-2"]);
@@ -191,22 +225,10 @@ fn a_new_dataset_is_assigned_to_every_selected_node_and_says_it_is_seeding() {
 
 #[test]
 fn ready_nodes_are_labelled_and_a_ready_dataset_is_checked_less_often() {
-    let obs = observed(vec![
-        ("node-1", fresh("node-1")),
-        ("node-2", fresh("node-2")),
-    ]);
-    let (decision, first) = run(&obs, &Memo::default(), accepted, &now(0));
-    let plan = decision.plan.unwrap();
-    let rev = obs.revision();
-    let mut obs = observed(vec![
-        (
-            "node-1",
-            following("node-1", &rev, &plan, DatasetState::Ready),
-        ),
-        (
-            "node-2",
-            following("node-2", &rev, &plan, DatasetState::Transferring),
-        ),
+    let first = first_run(&["node-1", "node-2"]);
+    let mut obs = first.reported(&[
+        ("node-1", DatasetState::Ready),
+        ("node-2", DatasetState::Transferring),
     ]);
     obs.target.status = Some(first.status.clone());
     let (decision, done) = run(&obs, &first.memo, accepted, &now(5));
@@ -215,15 +237,9 @@ fn ready_nodes_are_labelled_and_a_ready_dataset_is_checked_less_often() {
     assert_eq!(done.status.nodes.ready, 1);
     assert_eq!(done.requeue, SEEDING_REQUEUE);
 
-    let mut obs = observed(vec![
-        (
-            "node-1",
-            following("node-1", &rev, &plan, DatasetState::Ready),
-        ),
-        (
-            "node-2",
-            following("node-2", &rev, &plan, DatasetState::Ready),
-        ),
+    let mut obs = first.reported(&[
+        ("node-1", DatasetState::Ready),
+        ("node-2", DatasetState::Ready),
     ]);
     obs.labelled = vec!["node-1".into()];
     obs.target.status = Some(done.status.clone());
@@ -237,11 +253,13 @@ fn ready_nodes_are_labelled_and_a_ready_dataset_is_checked_less_often() {
 
 #[test]
 fn a_node_that_follows_is_not_sent_again_until_something_changes() {
-    let obs = observed(vec![("node-1", fresh("node-1"))]);
-    let (decision, first) = run(&obs, &Memo::default(), accepted, &now(0));
-    let plan = decision.plan.unwrap();
-    let rev = obs.revision();
-    let follows = following("node-1", &rev, &plan, DatasetState::Transferring);
+    let first = first_run(&["node-1"]);
+    let follows = following(
+        "node-1",
+        &first.revision,
+        &first.plan,
+        DatasetState::Transferring,
+    );
     let obs = observed(vec![("node-1", follows.clone())]);
     assert!(decide(&obs, &first.memo).send.is_empty());
 
@@ -266,10 +284,7 @@ fn a_node_that_follows_is_not_sent_again_until_something_changes() {
 
 #[test]
 fn a_failed_send_is_retried_and_a_refusal_shows_in_the_status() {
-    let obs = observed(vec![
-        ("node-1", fresh("node-1")),
-        ("node-2", fresh("node-2")),
-    ]);
+    let obs = fresh_nodes(&["node-1", "node-2"]);
     let refuse = |_: &Observed, d: &Decision| Outcomes {
         sent: d
             .send
@@ -306,32 +321,17 @@ fn a_failed_send_is_retried_and_a_refusal_shows_in_the_status() {
 
 #[test]
 fn a_node_that_failed_the_revision_is_not_its_fetcher() {
-    let obs = observed(vec![
-        ("node-1", fresh("node-1")),
-        ("node-2", fresh("node-2")),
-    ]);
-    let (decision, first) = run(&obs, &Memo::default(), accepted, &now(0));
-    let plan = decision.plan.unwrap();
-    let rev = obs.revision();
-    let obs = observed(vec![
-        (
-            "node-1",
-            following("node-1", &rev, &plan, DatasetState::Transferring),
-        ),
-        (
-            "node-2",
-            following("node-2", &rev, &plan, DatasetState::Failed),
-        ),
+    let first = first_run(&["node-1", "node-2"]);
+    let obs = first.reported(&[
+        ("node-1", DatasetState::Transferring),
+        ("node-2", DatasetState::Failed),
     ]);
     let (decision, done) = run(&obs, &first.memo, accepted, &now(5));
     assert!(done.memo.failed_fetchers.contains("node-2"));
     let plan = decision.plan.unwrap();
     assert!(plan.fetchers.iter().all(|f| f.node_name != "node-2"));
     // Remembered even once it looks healthy again.
-    let fresh_again = observed(vec![
-        ("node-1", fresh("node-1")),
-        ("node-2", fresh("node-2")),
-    ]);
+    let fresh_again = fresh_nodes(&["node-1", "node-2"]);
     let again = decide(&fresh_again, &done.memo);
     let plan = again.plan.unwrap();
     assert!(plan.fetchers.iter().all(|f| f.node_name != "node-2"));
@@ -339,34 +339,22 @@ fn a_node_that_failed_the_revision_is_not_its_fetcher() {
 
 #[test]
 fn a_node_that_joins_gets_its_assignment_and_the_others_are_not_sent_again() {
-    let obs = observed(vec![
-        ("node-1", fresh("node-1")),
-        ("node-2", fresh("node-2")),
+    let first = first_run(&["node-1", "node-2"]);
+    let mut obs = first.reported(&[
+        ("node-1", DatasetState::Transferring),
+        ("node-2", DatasetState::Transferring),
     ]);
-    let (decision, first) = run(&obs, &Memo::default(), accepted, &now(0));
-    let plan = decision.plan.unwrap();
-    let rev = obs.revision();
-    let obs = observed(vec![
-        (
-            "node-1",
-            following("node-1", &rev, &plan, DatasetState::Transferring),
-        ),
-        (
-            "node-2",
-            following("node-2", &rev, &plan, DatasetState::Transferring),
-        ),
-        ("node-3", fresh("node-3")),
-    ]);
+    obs.nodes.insert("node-3".into(), fresh("node-3"));
     let (decision, done) = run(&obs, &first.memo, accepted, &now(5));
     let new_plan = decision.plan.as_ref().unwrap();
-    if new_plan.generation == plan.generation {
+    if new_plan.generation == first.plan.generation {
         assert_eq!(decision.send, ["node-3"]);
     } else {
         // A new plan (the joiner is a peer of the others): all are told.
         assert_eq!(decision.send, ["node-1", "node-2", "node-3"]);
     }
     // The fetchers keep their ranges: nothing fetched twice.
-    for f in &plan.fetchers {
+    for f in &first.plan.fetchers {
         assert!(new_plan.fetchers.iter().any(|g| g == f), "{f:?} kept");
     }
     assert_eq!(done.status.nodes.desired, 3);
@@ -375,34 +363,17 @@ fn a_node_that_joins_gets_its_assignment_and_the_others_are_not_sent_again() {
 
 #[test]
 fn a_deselected_node_is_released_and_unlabelled() {
-    let obs = observed(vec![
-        ("node-1", fresh("node-1")),
-        ("node-2", fresh("node-2")),
-    ]);
-    let (decision, first) = run(&obs, &Memo::default(), accepted, &now(0));
-    let plan = decision.plan.unwrap();
-    let rev = obs.revision();
+    let first = first_run(&["node-1", "node-2"]);
     // node-2 no longer matches the selector: it is among the others now,
     // still labelled.
-    let mut obs = observed(vec![(
-        "node-1",
-        following("node-1", &rev, &plan, DatasetState::Ready),
-    )]);
+    let mut obs = first.reported(&[("node-1", DatasetState::Ready)]);
     obs.others = vec![pod("node-2", true, true), pod("node-9", true, true)];
     obs.labelled = vec!["node-1".into(), "node-2".into()];
     let mut memo = first.memo.clone();
     memo.swept = true;
     let decision = decide(&obs, &memo);
-    let released: Vec<&str> = decision
-        .release
-        .iter()
-        .map(|p| p.node_name.as_str())
-        .collect();
-    assert_eq!(released, ["node-2"], "node-9 was never given it");
-    let outcomes = Outcomes {
-        sent: Vec::new(),
-        released: vec![("node-2".into(), Ok(true))],
-    };
+    assert_eq!(released(&decision), ["node-2"], "node-9 was never given it");
+    let outcomes = release_answered("node-2", Ok(true));
     let done = conclude(&obs, &memo, decision, outcomes, &now(5));
     assert_eq!(done.unlabel, ["node-2"]);
     assert!(!done.memo.assigned.contains("node-2"));
@@ -414,10 +385,7 @@ fn a_deselected_node_is_released_and_unlabelled() {
 
     // An agent that cannot be reached is asked again next run.
     let decision = decide(&obs, &memo);
-    let outcomes = Outcomes {
-        sent: Vec::new(),
-        released: vec![("node-2".into(), Err("no answer".into()))],
-    };
+    let outcomes = release_answered("node-2", Err("no answer".into()));
     let done = conclude(&obs, &memo, decision, outcomes, &now(5));
     assert!(done.memo.assigned.contains("node-2"));
     assert!(done.events.is_empty());
@@ -425,54 +393,50 @@ fn a_deselected_node_is_released_and_unlabelled() {
 
 #[test]
 fn after_a_restart_every_other_agent_is_released_once() {
-    let mut obs = observed(vec![("node-1", fresh("node-1"))]);
+    let mut obs = fresh_nodes(&["node-1"]);
     obs.others = vec![pod("node-8", true, true), pod("node-9", false, true)];
     let memo = Memo::default();
     let decision = decide(&obs, &memo);
-    let released: Vec<&str> = decision
-        .release
-        .iter()
-        .map(|p| p.node_name.as_str())
-        .collect();
-    assert_eq!(released, ["node-8"], "ready agents only");
-    let done = conclude(&obs, &memo, decision, accepted_release("node-8"), &now(0));
+    assert_eq!(released(&decision), ["node-8"], "ready agents only");
+    let done = conclude(
+        &obs,
+        &memo,
+        decision,
+        release_answered("node-8", Ok(false)),
+        &now(0),
+    );
     assert!(done.memo.swept);
     assert!(decide(&obs, &done.memo).release.is_empty());
 }
 
-fn accepted_release(node: &str) -> Outcomes {
+/// The nodes whose agents `decision` releases.
+fn released(decision: &Decision) -> Vec<&str> {
+    decision
+        .release
+        .iter()
+        .map(|p| p.node_name.as_str())
+        .collect()
+}
+
+/// The agent on `node` answered its release: whether it removed a copy,
+/// or why it could not be asked.
+fn release_answered(node: &str, answer: Result<bool, String>) -> Outcomes {
     Outcomes {
         sent: Vec::new(),
-        released: vec![(node.into(), Ok(false))],
+        released: vec![(node.into(), answer)],
     }
 }
 
 #[test]
 fn a_restarted_operator_continues_the_plan_the_agents_report() {
     // What a first operator planned and sent...
-    let obs = observed(vec![
-        ("node-1", fresh("node-1")),
-        ("node-2", fresh("node-2")),
-        ("node-3", fresh("node-3")),
-    ]);
-    let (decision, _) = run(&obs, &Memo::default(), accepted, &now(0));
-    let plan = decision.plan.unwrap();
-    let rev = obs.revision();
+    let first = first_run(&["node-1", "node-2", "node-3"]);
     // ...is what the agents report to a restarted one, which remembers
     // nothing.
-    let obs = observed(vec![
-        (
-            "node-1",
-            following("node-1", &rev, &plan, DatasetState::Transferring),
-        ),
-        (
-            "node-2",
-            following("node-2", &rev, &plan, DatasetState::Ready),
-        ),
-        (
-            "node-3",
-            following("node-3", &rev, &plan, DatasetState::Transferring),
-        ),
+    let obs = first.reported(&[
+        ("node-1", DatasetState::Transferring),
+        ("node-2", DatasetState::Ready),
+        ("node-3", DatasetState::Transferring),
     ]);
     // Each agent answers the repeat with the progress it has.
     let as_before = |o: &Observed, d: &Decision| Outcomes {
@@ -489,7 +453,7 @@ fn a_restarted_operator_continues_the_plan_the_agents_report() {
     let (decision, done) = run(&obs, &Memo::default(), as_before, &now(60));
     let again = decision.plan.as_ref().unwrap();
     assert_eq!(
-        again.fetchers, plan.fetchers,
+        again.fetchers, first.plan.fetchers,
         "the same fetchers and ranges"
     );
     // What was sent before the restart is unknown: sent once more (the
@@ -518,7 +482,7 @@ fn no_ready_agent_means_no_plan_and_nothing_sent() {
 
 #[test]
 fn status_writes_are_skipped_when_unchanged_and_rate_limited() {
-    let obs = observed(vec![("node-1", fresh("node-1"))]);
+    let obs = fresh_nodes(&["node-1"]);
     let at = now(0);
     let (_, first) = run(&obs, &Memo::default(), accepted, &at);
     assert_eq!(first.write, StatusWrite::Now);
