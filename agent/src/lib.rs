@@ -21,7 +21,6 @@ pub mod fault;
 pub mod metrics;
 pub mod origin_health;
 pub mod peer_server;
-pub mod ratelimit;
 pub mod reach;
 pub mod served;
 pub mod store;

@@ -10,8 +10,10 @@
 use crate::lock;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use swarmseed_proto::{ChunkLayout, RevisionId};
+use swarmseed_runtime::ratelimit::TokenBucket;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -19,9 +21,12 @@ use crate::attest::ChunkRecord;
 use crate::board::ChunkSet;
 use crate::chunkmem::{ChunkBuf, RecentChunks};
 use crate::metrics::Metrics;
-use crate::ratelimit::TokenBucket;
 use crate::store::{DatasetKey, RevisionFiles};
 use crate::wire::handshake::Served;
+
+/// The burst a node's upload limit lets pass at once: a tenth of a
+/// second's worth, so that short bursts do not overshoot the average.
+pub const UPLOAD_BURST: Duration = Duration::from_millis(100);
 
 /// Announcements a slow upload connection may lag behind before it is
 /// sent the whole have-set again.

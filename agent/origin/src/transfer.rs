@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use rand::Rng;
-use tokio::sync::{Mutex, Semaphore};
-use tokio::time::Instant;
+use swarmseed_runtime::ratelimit::TokenBucket;
+use tokio::sync::Semaphore;
 
 use super::{OriginError, OriginOptions};
 
@@ -17,75 +17,26 @@ use super::{OriginError, OriginOptions};
 const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// A token bucket shared by all reads of one client. Reservations may drive
-/// the balance negative; the reader then sleeps until it is paid back, so
-/// concurrent readers share the rate fairly without a background task.
-#[derive(Debug)]
-pub(crate) struct RateLimiter {
-    bytes_per_sec: f64,
-    burst: f64,
-    state: Mutex<Bucket>,
-}
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl RateLimiter {
-    pub(crate) fn new(bytes_per_sec: u64) -> Self {
-        let rate = bytes_per_sec as f64;
-        // A quarter second of burst, at least 64 KiB so that one socket read
-        // does not always wait.
-        let burst = (rate / 4.0).max(64.0 * 1024.0);
-        Self {
-            bytes_per_sec: rate,
-            burst,
-            state: Mutex::new(Bucket {
-                tokens: burst,
-                refilled: Instant::now(),
-            }),
-        }
-    }
-
-    /// Takes `n` bytes from the bucket, waiting as long as the rate demands.
-    pub(crate) async fn acquire(&self, n: usize) {
-        let wait = {
-            let mut bucket = self.state.lock().await;
-            let now = Instant::now();
-            let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
-            bucket.tokens = (bucket.tokens + elapsed * self.bytes_per_sec).min(self.burst);
-            bucket.refilled = now;
-            bucket.tokens -= n as f64;
-            if bucket.tokens >= 0.0 {
-                Duration::ZERO
-            } else {
-                Duration::from_secs_f64(-bucket.tokens / self.bytes_per_sec)
-            }
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
+/// A quarter second of the bandwidth passes at once.
+const BANDWIDTH_BURST: Duration = Duration::from_millis(250);
 
 /// Per-client state every request goes through.
 #[derive(Debug)]
 pub(crate) struct Budget {
     pub(crate) options: OriginOptions,
-    limiter: Option<RateLimiter>,
+    /// All reads of the client share it (unlimited at rate 0).
+    bandwidth: TokenBucket,
     permits: Semaphore,
 }
 
 impl Budget {
     pub(crate) fn new(options: OriginOptions) -> Self {
-        let limiter = (options.bandwidth_bytes_per_sec > 0)
-            .then(|| RateLimiter::new(options.bandwidth_bytes_per_sec));
+        let bandwidth =
+            TokenBucket::new(options.bandwidth_bytes_per_sec, BANDWIDTH_BURST).starting_full();
         let permits = Semaphore::new(options.concurrency.max(1));
         Self {
             options,
-            limiter,
+            bandwidth,
             permits,
         }
     }
@@ -162,9 +113,7 @@ impl Budget {
                 Some(Err(e)) => return Err(map_err(e)),
                 Some(Ok(chunk)) => chunk,
             };
-            if let Some(limiter) = &self.limiter {
-                limiter.acquire(chunk.len()).await;
-            }
+            self.bandwidth.take(chunk.len() as u64).await;
             if to_skip > 0 {
                 let n = to_skip.min(chunk.len() as u64);
                 chunk.advance(n as usize);
@@ -247,18 +196,5 @@ mod tests {
         assert_eq!(normalize_etag("\"abc\""), "abc");
         assert_eq!(normalize_etag("W/\"abc\""), "abc");
         assert_eq!(normalize_etag("abc"), "abc");
-    }
-
-    #[tokio::test]
-    async fn rate_limiter_paces_to_the_rate() {
-        let limiter = RateLimiter::new(4 * 1024 * 1024);
-        let start = Instant::now();
-        // 2 MiB in 64 KiB pieces at 4 MiB/s, after a 1 MiB burst: 0.25 s.
-        for _ in 0..32 {
-            limiter.acquire(64 * 1024).await;
-        }
-        let elapsed = start.elapsed();
-        assert!(elapsed >= Duration::from_millis(230), "{elapsed:?}");
-        assert!(elapsed <= Duration::from_millis(1000), "{elapsed:?}");
     }
 }

@@ -8,8 +8,9 @@ use swarmseed_proto::pb;
 
 use super::TransferConfig;
 use crate::attest::FetcherTable;
-use crate::ratelimit::TokenBucket;
+use crate::served::UPLOAD_BURST;
 use swarmseed_origin::{OriginClient, OriginError};
+use swarmseed_runtime::ratelimit::TokenBucket;
 
 /// What the plan says, as this transfer uses it.
 pub(super) struct Plan {
@@ -65,7 +66,10 @@ impl Plan {
             peers: a.peers.clone(),
             pinned: ContentDigest::from_slice(&a.pinned_digest),
             origin,
-            upload: Arc::new(TokenBucket::new(limits.peer_upload_bytes_per_second)),
+            upload: Arc::new(TokenBucket::new(
+                limits.peer_upload_bytes_per_second,
+                UPLOAD_BURST,
+            )),
         })
     }
 }

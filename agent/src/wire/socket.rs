@@ -1,12 +1,17 @@
 //! Socket options of peer connections, and the PIECE body reader that
 //! uses them.
 
+use std::ffi::OsString;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
+use nix::sys::socket::sockopt::TcpCongestion;
+use nix::sys::socket::{getsockopt, setsockopt};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
+
+use options_nix_lacks::{RcvLowat, TcpNotSentLowat};
 
 /// Wake-ups per PIECE body are bounded by asking the kernel to report the
 /// socket readable only once this much of the body is queued
@@ -48,13 +53,14 @@ pub async fn read_body(rd: &mut BufReader<OwnedReadHalf>, buf: &mut [u8]) -> io:
 
 /// `setsockopt(TCP_CONGESTION)`. On a listening socket it applies to every
 /// connection accepted from it.
-pub fn set_congestion_control(sock: &impl AsRawFd, name: &str) -> io::Result<()> {
-    setsockopt(
-        sock,
-        libc::IPPROTO_TCP,
-        libc::TCP_CONGESTION,
-        name.as_bytes(),
-    )
+pub fn set_congestion_control(sock: &impl AsFd, name: &str) -> io::Result<()> {
+    setsockopt(sock, TcpCongestion, &OsString::from(name)).map_err(io::Error::from)
+}
+
+/// `getsockopt(TCP_CONGESTION)`.
+pub fn congestion_control(sock: &impl AsFd) -> io::Result<String> {
+    let name = getsockopt(sock, TcpCongestion).map_err(io::Error::from)?;
+    Ok(name.to_string_lossy().into_owned())
 }
 
 /// `setsockopt(TCP_NOTSENT_LOWAT)`: the socket takes more data only while
@@ -62,76 +68,45 @@ pub fn set_congestion_control(sock: &impl AsRawFd, name: &str) -> io::Result<()>
 /// writes after a long piece (an announcement) then waits behind at most
 /// that much, not behind a send buffer of megabytes at the peer's share of
 /// a slow link.
-pub fn set_unsent_limit(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
-    setsockopt_bytes(sock, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, bytes)
-}
-
-/// An integer socket option that is a byte count (capped at `c_int::MAX`).
-fn setsockopt_bytes(
-    sock: &impl AsRawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    bytes: usize,
-) -> io::Result<()> {
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    setsockopt(sock, level, name, &value.to_ne_bytes())
-}
-
-fn setsockopt(
-    sock: &impl AsRawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &[u8],
-) -> io::Result<()> {
-    // SAFETY: a plain system call on a socket that `sock` keeps open for
-    // the duration of the call; `value` outlives it and its length is
-    // passed.
-    #[allow(unsafe_code)]
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            name,
-            value.as_ptr().cast(),
-            value.len() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// `getsockopt(TCP_CONGESTION)`.
-pub fn congestion_control(sock: &impl AsRawFd) -> io::Result<String> {
-    let mut name = [0u8; 32];
-    let mut len = name.len() as libc::socklen_t;
-    // SAFETY: as above; the kernel writes at most `len` bytes into `name`
-    // and stores the length it wrote in `len`.
-    #[allow(unsafe_code)]
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CONGESTION,
-            name.as_mut_ptr().cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let name = &name[..(len as usize).min(name.len())];
-    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+pub fn set_unsent_limit(sock: &impl AsFd, bytes: usize) -> io::Result<()> {
+    setsockopt(sock, TcpNotSentLowat, &int_option(bytes)).map_err(io::Error::from)
 }
 
 /// `setsockopt(SO_RCVLOWAT)`. On TCP, Linux wakes a reader (and reports
 /// EPOLLIN) once this many bytes are queued, or earlier when the receive
 /// window is nearly closed, so a mark never stalls a stream.
 fn set_low_water(sock: &TcpStream, bytes: usize) -> io::Result<()> {
-    setsockopt_bytes(sock, libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
+    setsockopt(sock, RcvLowat, &int_option(bytes)).map_err(io::Error::from)
+}
+
+/// A byte count as an `int` socket option, capped at `c_int::MAX` (nix
+/// would wrap a larger one).
+fn int_option(bytes: usize) -> usize {
+    bytes.min(libc::c_int::MAX as usize)
+}
+
+/// The options nix 0.30 lacks, declared with its own macro so that no
+/// unsafe code is needed here either.
+mod options_nix_lacks {
+    use nix::{setsockopt_impl, sockopt_impl};
+
+    sockopt_impl!(
+        /// `SO_RCVLOWAT`: bytes queued before a reader is woken.
+        RcvLowat,
+        SetOnly,
+        libc::SOL_SOCKET,
+        libc::SO_RCVLOWAT,
+        usize
+    );
+    sockopt_impl!(
+        /// `TCP_NOTSENT_LOWAT`: unsent bytes above which the socket is not
+        /// writable.
+        TcpNotSentLowat,
+        SetOnly,
+        libc::IPPROTO_TCP,
+        libc::TCP_NOTSENT_LOWAT,
+        usize
+    );
 }
 
 #[cfg(test)]
