@@ -36,10 +36,7 @@ fn pod_ready(pod: &Pod) -> Option<String> {
 
 async fn agent_pods(client: &kube::Client) -> Vec<Pod> {
     Api::<Pod>::namespaced(client.clone(), AGENT_NAMESPACE)
-        .list(
-            &ListParams::default()
-                .labels("app.kubernetes.io/name=swarmseed,app.kubernetes.io/component=agent"),
-        )
+        .list(&ListParams::default().labels(swarmseed_core::label::AGENT_SELECTOR))
         .await
         .unwrap()
         .items

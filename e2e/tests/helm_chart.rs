@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use kube_standin::{ApiServer, KubectlOutput};
 use serde_json::{Value, json};
+use swarmseed_core::label;
 use tokio::process::Command;
 
 const SETUP_HINT: &str = "run e2e/setup.sh (installs helm-python-sdk; kubectl must be on PATH)";
@@ -323,9 +324,13 @@ async fn default_values_lint_and_render_a_least_privilege_install() {
     // node from the downward API; writes only the hostPath; no API token.
     let ds = r.get("DaemonSet", "swarmseed-agent");
     let pod = &ds["spec"]["template"];
+    let agent_labels: serde_json::Map<String, Value> = label::AGENT_POD_LABELS
+        .iter()
+        .map(|&(k, v)| (k.to_owned(), json!(v)))
+        .collect();
     assert!(has_labels(
         &pod["metadata"]["labels"],
-        &json!({"app.kubernetes.io/name": "swarmseed", "app.kubernetes.io/component": "agent"})
+        &Value::Object(agent_labels)
     ));
     assert!(has_labels(
         &pod["metadata"]["labels"],
@@ -890,15 +895,7 @@ async fn rendered_chart_applies_with_kubectl() {
     // The operator finds exactly its agents by these labels (no agent Pod
     // runs here: the stand-in schedules nothing, so the DaemonSets stand in).
     let selected = k
-        .ok(&[
-            "get",
-            "ds",
-            "-A",
-            "-l",
-            "app.kubernetes.io/name=swarmseed,app.kubernetes.io/component=agent",
-            "-o",
-            "name",
-        ])
+        .ok(&["get", "ds", "-A", "-l", label::AGENT_SELECTOR, "-o", "name"])
         .await;
     assert_eq!(
         selected.lines().collect::<BTreeSet<_>>(),

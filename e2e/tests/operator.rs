@@ -20,11 +20,6 @@ use swarmseed_harness::{ClusterSpec, NodeSpec};
 const MIB: u64 = 1 << 20;
 const NS: &str = "ml";
 
-fn label_key(ns: &str, name: &str) -> String {
-    let h = blake3::hash(format!("{ns}/{name}").as_bytes());
-    format!("swarmseed.io/ds.{}", &h.to_hex()[..16])
-}
-
 fn spec_4_nodes(gpu: &[usize]) -> ClusterSpec {
     let bins = Binaries::beside_e2e().unwrap();
     let mut spec = ClusterSpec::new(4, &bins.agent);
@@ -127,7 +122,7 @@ async fn a_dataset_seeds_its_nodes_follows_the_selector_updates_atomically_and_c
         assert_same_tree(&src, &c.published_dir(n, NS, "weights").unwrap());
     }
     assert!(!c.published_dir("node-3", NS, "weights").unwrap().exists());
-    let key = label_key(NS, "weights");
+    let key = swarmseed_core::label::key(NS, "weights");
     assert_eq!(
         c.labelled_nodes(&key).await.unwrap(),
         ["node-0", "node-1", "node-2"].map(String::from).into()

@@ -268,11 +268,6 @@ fn origin_ratio_ok(cell: &str) -> bool {
         .is_some_and(|r| (1.0..=1.02).contains(&r))
 }
 
-fn label_key(ns: &str, name: &str) -> String {
-    let h = blake3::hash(format!("{ns}/{name}").as_bytes());
-    format!("swarmseed.io/ds.{}", &h.to_hex()[..16])
-}
-
 /// Whether `out` shows what the README says `command` shows (the comment
 /// on its line, or the prose around it).
 fn check(command: &str, out: &str) -> Result<(), String> {
@@ -335,7 +330,7 @@ fn check(command: &str, out: &str) -> Result<(), String> {
         c if c.starts_with("kubectl get dataset llama-demo -n ml -o jsonpath=") => {
             let want = format!(
                 "/var/lib/swarmseed/datasets/ml/llama-demo\n{}\n",
-                label_key("ml", "llama-demo")
+                swarmseed_core::label::key("ml", "llama-demo")
             );
             if out == want {
                 Ok(())

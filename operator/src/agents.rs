@@ -17,10 +17,6 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-/// Label selector of the agent DaemonSet's Pods.
-pub const AGENT_SELECTOR: &str =
-    "app.kubernetes.io/name=swarmseed,app.kubernetes.io/component=agent";
-
 /// Default port of an agent's control API.
 pub const DEFAULT_CONTROL_PORT: u16 = 7400;
 
@@ -120,8 +116,8 @@ fn pod_ready(pod: &Pod) -> bool {
 }
 
 /// One agent per node from the agent Pods (already filtered by
-/// [`AGENT_SELECTOR`]). During a rollout a node may briefly run two: the
-/// ready one wins, then the one created last.
+/// [`swarmseed_core::label::AGENT_SELECTOR`]). During a rollout a node may
+/// briefly run two: the ready one wins, then the one created last.
 pub fn agent_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeMap<String, AgentPod> {
     let mut out: BTreeMap<String, (AgentPod, Option<&k8s_openapi::jiff::Timestamp>)> =
         BTreeMap::new();

@@ -37,11 +37,11 @@ use swarmseed_proto::pb;
 
 use self::decide::{Memo, Now, Target};
 use crate::admin::Metrics;
-use crate::agents::{AGENT_SELECTOR, AgentClient, AgentError, ControlToken};
+use crate::agents::{AgentClient, AgentError, ControlToken};
 use crate::events::{EventPublisher, EventType};
-use crate::node_label;
 use crate::selector;
 use crate::status::{DatasetProblem, Reason};
+use swarmseed_core::label;
 use swarmseed_crd::Dataset;
 
 /// The finalizer that keeps a Dataset until every node dropped it.
@@ -329,7 +329,7 @@ pub async fn run(ctx: Arc<Context>) {
     let datasets: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ctx.settings.agent_namespace);
     let nodes: Api<Node> = Api::all(client.clone());
-    let agents = watcher::Config::default().labels(AGENT_SELECTOR);
+    let agents = watcher::Config::default().labels(label::AGENT_SELECTOR);
     // Any agent Pod change may change any Dataset's node set; so may a Node
     // change, except the operator's own Dataset labels (which would
     // otherwise requeue every Dataset once per node labelled).
@@ -388,7 +388,7 @@ fn selection_key(node: &Node) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for (k, v) in node.labels() {
-        if !k.starts_with(node_label::KEY_PREFIX) {
+        if !k.starts_with(label::KEY_PREFIX) {
             (k, v).hash(&mut h);
         }
     }
@@ -570,7 +570,7 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action, Error> {
         m.last_status_write = last_status_write;
     });
     execute::publish(ctx, &subject, &done.events).await;
-    let label = node_label::key(&subject.target.namespace, &subject.target.name);
+    let label = label::key(&subject.target.namespace, &subject.target.name);
     execute::sync_labels(ctx, &label, &done.label, &done.unlabel).await?;
     execute::store_status(&subject, ctx, &done.status, done.write).await?;
     Ok(Action::requeue(done.requeue))

@@ -7,8 +7,8 @@
 //! Module order follows the data: the `Dataset` of [`swarmseed_crd`]
 //! (what users write) →
 //! [`plan`] (which agents fetch which chunks from the origin, who peers with
-//! whom) → [`status`] (what users read) and [`node_label`] (how pods find
-//! nodes holding a copy). Around them: [`leader`] (only one replica acts)
+//! whom) → [`status`] (what users read) and the node label of
+//! [`swarmseed_core::label`] (how pods find nodes holding a copy). Around them: [`leader`] (only one replica acts)
 //! and [`admin`] (`/livez`, `/readyz`, `/metrics`). `kubectl swarmseed` is
 //! a package of its own (`operator/plugin/`).
 
@@ -18,7 +18,6 @@ pub mod assignment;
 pub mod controller;
 pub mod events;
 pub mod leader;
-pub mod node_label;
 pub mod plan;
 pub mod reference;
 pub mod selector;

@@ -13,7 +13,7 @@ use swarmseed_origin::WeakValidators;
 use swarmseed_proto::ContentDigest;
 use swarmseed_proto::pb::{self, DatasetState};
 
-use crate::node_label;
+use swarmseed_core::label;
 use swarmseed_crd::quantity::human_bytes;
 use swarmseed_crd::{
     Dataset, DatasetStatus, FailedNode, MAX_FAILED_NODES, MAX_NODE_PROGRESS, NodeCounts,
@@ -359,7 +359,7 @@ pub fn compute(input: &StatusInput<'_>) -> DatasetStatus {
         bytes_from_origin: from_origin,
         bytes_from_peers: from_peers,
         path: Some(Dataset::host_path(input.namespace, input.name)),
-        node_label: Some(node_label::key(input.namespace, input.name)),
+        node_label: Some(label::key(input.namespace, input.name)),
         ready_text: Some(format!("{}/{}", counts.ready, counts.desired)),
         size_text: total.map(human_bytes),
         origin_ratio: total

@@ -6,6 +6,7 @@
 // Tests unwrap like tests do.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube_standin::ApiServer;
+use swarmseed_core::label::AGENT_POD_LABELS;
 use swarmseed_crd::Dataset;
 use swarmseed_operator::controller::FINALIZER;
 use swarmseed_proto::pb;
@@ -137,12 +139,10 @@ impl World {
     async fn agent_pod(&self, phase: &str, ready: bool, restarts: i32) {
         let name = "swarmseed-agent-n1";
         if self.pods.get_opt(name).await.unwrap().is_none() {
+            let labels: BTreeMap<&str, &str> = AGENT_POD_LABELS.into_iter().collect();
             let pod: Pod = serde_json::from_value(serde_json::json!({
                 "apiVersion": "v1", "kind": "Pod",
-                "metadata": { "name": name, "namespace": AGENT_NS, "labels": {
-                    "app.kubernetes.io/name": "swarmseed",
-                    "app.kubernetes.io/component": "agent",
-                } },
+                "metadata": { "name": name, "namespace": AGENT_NS, "labels": labels },
                 "spec": { "nodeName": "n1", "containers": [{ "name": "agent", "image": "x" }] },
             }))
             .unwrap();

@@ -155,7 +155,7 @@ async fn kubectl_applies_the_crd_and_shows_dataset_progress() {
         label,
         format!(
             "{} /var/lib/swarmseed/datasets/default/llama",
-            swarmseed_operator::node_label::key("default", "llama")
+            swarmseed_core::label::key("default", "llama")
         )
     );
     server.shutdown().await;

@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
+use swarmseed_core::label::AGENT_POD_LABELS;
 
 use crate::error::{Error, Result};
 
@@ -17,11 +18,6 @@ use crate::error::{Error, Result};
 pub const AGENT_NAMESPACE: &str = "swarmseed-system";
 /// Name of the agent DaemonSet.
 pub const AGENT_DAEMONSET: &str = "swarmseed-agent";
-/// Labels every agent Pod carries (the DaemonSet's selector).
-pub const AGENT_LABELS: [(&str, &str); 2] = [
-    ("app.kubernetes.io/name", "swarmseed"),
-    ("app.kubernetes.io/component", "agent"),
-];
 /// Image name recorded in the agent Pod spec (nothing pulls it here).
 pub const AGENT_IMAGE: &str = "swarmseed/agent:dev";
 
@@ -115,7 +111,7 @@ pub fn node_status(name: &str, address: Ipv4Addr, now: &str) -> serde_json::Valu
 
 /// The agent DaemonSet (created so the Pods can point to their owner).
 pub fn agent_daemonset() -> Result<DaemonSet> {
-    let labels: BTreeMap<&str, &str> = AGENT_LABELS.into_iter().collect();
+    let labels: BTreeMap<&str, &str> = AGENT_POD_LABELS.into_iter().collect();
     from_json(json!({
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
@@ -133,7 +129,7 @@ pub fn agent_daemonset() -> Result<DaemonSet> {
 /// The agent Pod on `node` as the DaemonSet would create it (host network,
 /// so its IP is the node's; pinned to the node by `spec.nodeName`).
 pub fn agent_pod(node: &str, ports: AgentPorts, owner_uid: Option<&str>) -> Result<Pod> {
-    let labels: BTreeMap<&str, &str> = AGENT_LABELS.into_iter().collect();
+    let labels: BTreeMap<&str, &str> = AGENT_POD_LABELS.into_iter().collect();
     let owner = owner_uid.map(|uid| {
         json!([{
             "apiVersion": "apps/v1",

@@ -30,7 +30,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use super::observe::{DatasetView, PublishedTree, Snapshot, label_key};
+use swarmseed_core::label;
+use swarmseed_crd::NodeProgressState;
+
+use super::observe::{DatasetView, PublishedTree, Snapshot};
 use super::world::{NodeHealth, World};
 
 /// A Dataset not Ready says why within this long.
@@ -219,11 +222,14 @@ impl Checker {
             let Some(status) = &d.status else { continue };
             let conditions = d.conditions_text();
             for p in &status.node_progress {
-                if !matches!(p.state.as_str(), "Pending" | "Transferring") {
+                if !matches!(
+                    p.state,
+                    NodeProgressState::Pending | NodeProgressState::Transferring
+                ) {
                     continue;
                 }
                 let key = (ds_name(d), p.node.clone());
-                let shown = format!("{} {} | {conditions}", p.state, p.bytes_verified);
+                let shown = format!("{} {} | {conditions}", p.state.as_str(), p.bytes_verified);
                 seen.insert(key.clone());
                 let entry = self.seeding.entry(key).or_insert((shown.clone(), now));
                 if entry.0 != shown {
@@ -234,7 +240,7 @@ impl Checker {
                         format!("{} on {}", ds_name(d), p.node),
                         format!(
                             "{} at {} of {} bytes with the same conditions for {}s: {conditions}",
-                            p.state,
+                            p.state.as_str(),
                             p.bytes_verified,
                             p.bytes_total,
                             SILENT_LIMIT.as_secs()
@@ -350,6 +356,9 @@ fn malformed(d: &DatasetView) -> Option<String> {
 
 /// Why a (not deleting) Dataset's status explains nothing, if it does not.
 fn unexplained(d: &DatasetView) -> Option<String> {
+    if d.status.is_none() && d.raw.get("status").is_some() {
+        return Some("a status the CRD's types cannot read".into());
+    }
     if d.status.is_none() || d.conditions().is_empty() {
         return Some("no status".into());
     }
@@ -389,7 +398,10 @@ fn orphans(snap: &Snapshot, datasets: &[DatasetView]) -> Vec<(String, String)> {
         }
     }
     if let Ok(labels) = &snap.labels {
-        let keys: BTreeSet<String> = datasets.iter().map(|d| label_key(&d.ns, &d.name)).collect();
+        let keys: BTreeSet<String> = datasets
+            .iter()
+            .map(|d| label::key(&d.ns, &d.name))
+            .collect();
         for (node, node_labels) in labels {
             for l in node_labels.iter().filter(|l| !keys.contains(*l)) {
                 out.push((format!("label {l} on {node}"), node.clone()));
@@ -464,12 +476,12 @@ fn settled(snap: &Snapshot, world: &World, d: &DatasetView, found: &mut Vec<Foun
         return;
     }
     // Ready: every node that says so, or carries the label, holds the bytes.
-    let key = label_key(&d.ns, &d.name);
+    let key = label::key(&d.ns, &d.name);
     let mut holders: BTreeSet<String> = d
         .status
         .iter()
         .flat_map(|s| &s.node_progress)
-        .filter(|p| p.state == "Ready")
+        .filter(|p| p.state == NodeProgressState::Ready)
         .map(|p| p.node.clone())
         .collect();
     if let Ok(labels) = &snap.labels {

@@ -24,7 +24,7 @@ pub mod soak;
 pub mod world;
 
 pub use invariants::{Invariant, Violation};
-pub use observe::{DatasetView, Snapshot, label_key};
+pub use observe::{DatasetView, Snapshot};
 pub use report::Report;
 pub use row::{Row, assert_invariants};
 pub use setup::{FaultCluster, FaultSetup, Source, small_source};

@@ -11,99 +11,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DynamicObject, ListParams};
-use serde::Deserialize;
-
-use super::world::SharedWorld;
+use swarmseed_core::label;
+use swarmseed_crd::{DatasetStatus, NodeProgress};
 use swarmseed_harness::origin::tree_digest;
 use swarmseed_harness::seeding::{SeedCluster, dataset_resource};
 
+use super::world::SharedWorld;
+
 /// Bound on each API call of an observation.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The prefix of the node labels the operator sets.
-pub const LABEL_PREFIX: &str = "swarmseed.io/ds.";
-
-/// The node label key of a Dataset (as the README documents it).
-pub fn label_key(ns: &str, name: &str) -> String {
-    let h = blake3::hash(format!("{ns}/{name}").as_bytes());
-    format!("{LABEL_PREFIX}{}", &h.to_hex()[..16])
-}
-
-/// One status condition.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct Condition {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub status: String,
-    #[serde(default)]
-    pub reason: String,
-    #[serde(default)]
-    pub message: String,
-}
-
-/// One entry of `status.nodeProgress`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeProgress {
-    pub node: String,
-    pub state: String,
-    #[serde(default)]
-    pub bytes_verified: u64,
-    #[serde(default)]
-    pub bytes_total: u64,
-    #[serde(default)]
-    pub bytes_from_origin: u64,
-    #[serde(default)]
-    pub bytes_from_peers: u64,
-}
-
-/// One entry of `status.failedNodes`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct FailedNode {
-    pub node: String,
-    #[serde(default)]
-    pub reason: String,
-    #[serde(default)]
-    pub message: String,
-}
-
-/// `status.nodes`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct NodeCounts {
-    #[serde(default)]
-    pub desired: u32,
-    #[serde(default)]
-    pub ready: u32,
-    #[serde(default)]
-    pub seeding: u32,
-    #[serde(default)]
-    pub failed: u32,
-}
-
-/// The parts of a Dataset's status the checks read.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Status {
-    #[serde(default)]
-    pub revision: Option<String>,
-    #[serde(default)]
-    pub total_bytes: Option<u64>,
-    #[serde(default)]
-    pub nodes: NodeCounts,
-    #[serde(default)]
-    pub bytes_from_origin: u64,
-    #[serde(default)]
-    pub bytes_from_peers: u64,
-    #[serde(default)]
-    pub node_label: Option<String>,
-    #[serde(default)]
-    pub failed_nodes: Vec<FailedNode>,
-    #[serde(default)]
-    pub node_progress: Vec<NodeProgress>,
-    #[serde(default)]
-    pub conditions: Vec<Condition>,
-}
 
 /// A Dataset as a user reads it.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,8 +32,9 @@ pub struct DatasetView {
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
     pub annotations: BTreeMap<String, String>,
-    /// `None` before the operator wrote one (or if it does not parse).
-    pub status: Option<Status>,
+    /// `None` before the operator wrote one (or if it does not parse as
+    /// the CRD's status type).
+    pub status: Option<DatasetStatus>,
     pub raw: serde_json::Value,
 }
 
@@ -124,7 +43,7 @@ impl DatasetView {
         let raw = serde_json::to_value(obj).unwrap_or_default();
         let status = raw
             .get("status")
-            .and_then(|s| serde_json::from_value::<Status>(s.clone()).ok());
+            .and_then(|s| serde_json::from_value::<DatasetStatus>(s.clone()).ok());
         Self {
             ns: obj.metadata.namespace.clone().unwrap_or_default(),
             name: obj.metadata.name.clone().unwrap_or_default(),
@@ -258,7 +177,8 @@ pub struct Snapshot {
     /// `Err` when the API could not be read this time (checks that need it
     /// are skipped for this snapshot).
     pub datasets: Result<Vec<DatasetView>, String>,
-    /// The operator's labels on each node (keys with [`LABEL_PREFIX`]).
+    /// The operator's labels on each node (keys with
+    /// [`label::KEY_PREFIX`]).
     pub labels: Result<BTreeMap<String, BTreeSet<String>>, String>,
     pub stores: Vec<NodeStore>,
     /// Paths under the work directory, outside every node root, that were
@@ -392,7 +312,7 @@ impl Observer {
                     .labels
                     .unwrap_or_default()
                     .into_keys()
-                    .filter(|k| k.starts_with(LABEL_PREFIX))
+                    .filter(|k| k.starts_with(label::KEY_PREFIX))
                     .collect();
                 (n.metadata.name.unwrap_or_default(), keys)
             })
@@ -611,8 +531,10 @@ mod tests {
                           "deletionTimestamp": "2024-01-01T00:00:00Z" },
             "status": {
                 "conditions": [
-                    { "type": "Ready", "status": "False", "reason": "Terminating", "message": "node-1 holds it" },
-                    { "type": "Degraded", "status": "True", "reason": "AgentUnreachable", "message": "m" },
+                    { "type": "Ready", "status": "False", "reason": "Terminating", "message": "node-1 holds it",
+                      "lastTransitionTime": "2024-01-01T00:00:00Z" },
+                    { "type": "Degraded", "status": "True", "reason": "AgentUnreachable", "message": "m",
+                      "lastTransitionTime": "2024-01-01T00:00:00Z" },
                 ],
                 "nodeProgress": [{ "node": "node-1", "state": "Transferring", "bytesVerified": 5 }],
             },
@@ -625,10 +547,6 @@ mod tests {
         assert!(
             d.conditions_text()
                 .contains("Ready=False Terminating: node-1 holds it")
-        );
-        assert_eq!(
-            label_key("ml", "w"),
-            format!("swarmseed.io/ds.{}", &blake3::hash(b"ml/w").to_hex()[..16])
         );
     }
 }

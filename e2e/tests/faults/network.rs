@@ -165,7 +165,7 @@ async fn origin_outage_after_coverage() {
             d.is_some_and(|d| {
                 d.is_ready()
                     && d.node_progress("node-2")
-                        .is_some_and(|p| p.state == "Ready")
+                        .is_some_and(|p| p.state == swarmseed_crd::NodeProgressState::Ready)
             })
         },
     )

@@ -8,7 +8,8 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::json;
-use swarmseed_e2e::faults::{DatasetView, FaultSetup, Row, label_key, small_source};
+use swarmseed_core::label;
+use swarmseed_e2e::faults::{DatasetView, FaultSetup, Row, small_source};
 use swarmseed_harness::origin::DatasetSpec;
 
 use crate::{NS, expect_dataset, spec};
@@ -108,7 +109,7 @@ async fn oversized_names() {
         .unwrap();
     let ready = row.wait_ready(&ns, &name, Duration::from_secs(90)).await;
     row.check_ok("Ready", ready);
-    let key = label_key(&ns, &name);
+    let key = label::key(&ns, &name);
     let labelled: BTreeSet<String> = Api::<Node>::all(row.seed.cluster.client())
         .list(&ListParams::default().labels(&key))
         .await

@@ -8,6 +8,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 
+use swarmseed_core::label;
 use swarmseed_crd::condition::{DEGRADED, PROGRESSING, READY, Reason};
 use swarmseed_crd::quantity::human_bytes;
 use swarmseed_crd::{Dataset, DatasetStatus, NodeProgress, NodeProgressState};
@@ -230,7 +231,10 @@ pub fn render_status(ds: &Dataset) -> String {
     head.push(("Path", opt(st.path.clone())));
     head.push((
         "Node label",
-        opt(st.node_label.as_ref().map(|l| format!("{l}=ready"))),
+        opt(st
+            .node_label
+            .as_ref()
+            .map(|l| format!("{l}={}", label::READY_VALUE))),
     ));
     head.push((
         "Nodes",

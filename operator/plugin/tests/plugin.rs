@@ -347,7 +347,7 @@ async fn the_plugin_lists_shows_and_waits_for_datasets() {
     ] {
         assert!(out.contains(line), "{line:?} in\n{out}");
     }
-    let label = swarmseed_operator::node_label::key("default", "llama");
+    let label = swarmseed_core::label::key("default", "llama");
     assert!(
         out.contains(&format!("Node label: {label}=ready\n")),
         "{out}"

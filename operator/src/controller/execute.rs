@@ -17,8 +17,8 @@ use super::{Context, Error, FINALIZER, MANAGER, Subject, dataset_resource, in_fl
 use crate::agents::{AgentPod, agent_pods};
 use crate::assignment::{self, AssignmentInput};
 use crate::events::EventType;
-use crate::node_label;
 use crate::status::{self, NodeReport, Reason};
+use swarmseed_core::label;
 use swarmseed_crd::DatasetStatus;
 
 /// Node label patches one reconcile keeps in flight.
@@ -123,8 +123,8 @@ pub async fn publish(ctx: &Context, subject: &Subject, notes: &[Note]) {
     }
 }
 
-/// Sets `label=ready` on the `add` nodes and removes it from the `remove`
-/// nodes.
+/// Sets `label` to [`label::READY_VALUE`] on the `add` nodes and removes it
+/// from the `remove` nodes.
 pub async fn sync_labels(
     ctx: &Context,
     label: &str,
@@ -140,7 +140,7 @@ pub async fn sync_labels(
         .collect();
     let patches = changes.into_iter().map(|(node, add)| {
         let nodes = nodes.clone();
-        let value = add.then_some(node_label::READY_VALUE);
+        let value = add.then_some(label::READY_VALUE);
         let patch = serde_json::json!({ "metadata": { "labels": { label: value } } });
         async move {
             kube_call(
@@ -215,7 +215,7 @@ pub async fn store_problem(
 pub async fn cleanup(subject: &Subject, ctx: &Context) -> Result<Action, Error> {
     let (_, pods) = ctx.cached()?;
     let agents = agent_pods(pods.iter().map(|p| &**p));
-    let label = node_label::key(&subject.target.namespace, &subject.target.name);
+    let label = label::key(&subject.target.namespace, &subject.target.name);
     let labelled = super::observe::labelled_nodes(ctx, &label)?;
     let plan = decide::deletion(&agents, &labelled);
     let removals = plan.ask.into_iter().map(|pod| {

@@ -35,7 +35,7 @@ pub async fn observe(
     ctx: &Context,
 ) -> Result<Observed, Error> {
     let (nodes, others) = discover(ds, ctx, &target.namespace, &target.name).await?;
-    let label = crate::node_label::key(&target.namespace, &target.name);
+    let label = swarmseed_core::label::key(&target.namespace, &target.name);
     let labelled = labelled_nodes(ctx, &label)?;
     Ok(Observed {
         target,

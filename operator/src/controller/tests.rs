@@ -76,7 +76,7 @@ async fn a_wake_up_comes_after_the_cache_holds_the_change() {
 #[test]
 fn only_node_changes_that_can_change_a_selection_requeue_datasets() {
     let base = selection_key(&node(&[("gpu", "a100")], &[]));
-    let own = node_label::key("ml", "llama");
+    let own = label::key("ml", "llama");
     assert_eq!(
         selection_key(&node(&[("gpu", "a100"), (own.as_str(), "ready")], &[])),
         base,

@@ -302,7 +302,7 @@ fn all_nodes_ready_means_ready_with_totals() {
         s.path.as_deref(),
         Some("/var/lib/swarmseed/datasets/ml/llama")
     );
-    assert_eq!(s.node_label, Some(node_label::key("ml", "llama")));
+    assert_eq!(s.node_label, Some(label::key("ml", "llama")));
     assert_eq!(s.observed_generation, Some(3));
 }
 

@@ -61,7 +61,6 @@ pub use fleet::agent_address;
 pub use report::{DatasetFigures, ScaleReport, print, results_section, splice_section};
 pub use run::run;
 pub use stats::{max_in_window, median, min_gap};
-pub use watch::dataset_label;
 
 /// Namespace of the Datasets.
 pub const NAMESPACE: &str = "scale";

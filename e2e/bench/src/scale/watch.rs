@@ -12,6 +12,7 @@ use kube::Resource;
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use serde::de::DeserializeOwned;
+use swarmseed_core::label;
 use swarmseed_harness::seeding::{dataset_resource, is_ready};
 
 use super::{NAMESPACE, NODE_LABEL, lock};
@@ -77,8 +78,7 @@ pub(super) fn watch_datasets(client: kube::Client, tracks: Tracks) -> tokio::tas
     )
 }
 
-/// One Dataset's node label (`swarmseed.io/ds.<16 hex>`, as the
-/// operator's `node_label::key`) on the Nodes.
+/// One Dataset's node label (`swarmseed_core::label::key`) on the Nodes.
 #[derive(Debug, Default, Clone)]
 pub(super) struct LabelTrack {
     pub(super) nodes: std::collections::HashSet<String>,
@@ -87,12 +87,6 @@ pub(super) struct LabelTrack {
 }
 
 pub(super) type LabelTracks = Arc<Mutex<BTreeMap<String, LabelTrack>>>;
-
-/// The label the operator puts on nodes holding `ns/name`.
-pub fn dataset_label(ns: &str, name: &str) -> String {
-    let h = blake3::hash(format!("{ns}/{name}").as_bytes());
-    format!("swarmseed.io/ds.{}", &h.to_hex()[..16])
-}
 
 /// Follows the Nodes' labels (metadata only), recording when each
 /// Dataset's label is on all `nodes` Nodes.
@@ -104,7 +98,7 @@ pub(super) fn watch_labels(
 ) -> tokio::task::JoinHandle<()> {
     let keys: Vec<(String, String)> = names
         .iter()
-        .map(|n| (dataset_label(NAMESPACE, n), n.clone()))
+        .map(|n| (label::key(NAMESPACE, n), n.clone()))
         .collect();
     // `PartialObjectMeta` makes the requests metadata-only.
     let api: Api<PartialObjectMeta<Node>> = Api::all(client);

@@ -18,7 +18,13 @@ fn world(start: Instant) -> World {
     }
 }
 
-fn dataset(conditions: serde_json::Value, extra: serde_json::Value) -> DatasetView {
+/// A Dataset whose status holds `conditions` (each given the transition
+/// time the CRD's `Condition` requires) and the `status` and `metadata`
+/// fields of `extra`.
+fn dataset(mut conditions: serde_json::Value, extra: serde_json::Value) -> DatasetView {
+    for c in conditions.as_array_mut().into_iter().flatten() {
+        c["lastTransitionTime"] = json!("2024-01-01T00:00:00Z");
+    }
     let mut obj = json!({
         "apiVersion": "swarmseed.io/v1alpha1", "kind": "Dataset",
         "metadata": { "name": "w", "namespace": "ml", "uid": "u" },

@@ -1,6 +1,8 @@
-//! The node label that marks a node holding a verified copy of a Dataset.
+//! Labels that name swarmseed's objects in the cluster: the node label that
+//! marks a node holding a verified copy of a Dataset, and the labels of the
+//! agent DaemonSet's Pods, by which the operator finds its agents.
 //!
-//! A label key's name part is at most 63 characters, but a namespace may be
+//! A node label key's name part is at most 63 characters, but a namespace may be
 //! 63 and a Dataset name 253 characters long, so the key cannot spell them
 //! out. It carries a hash instead: `swarmseed.io/ds.<16 hex of
 //! blake3("<namespace>/<name>")>`, value `ready`. The key is recorded in
@@ -9,7 +11,7 @@
 /// The label value on a node that holds a verified copy.
 pub const READY_VALUE: &str = "ready";
 
-/// The prefix of every key this operator sets (`swarmseed.io/ds.`).
+/// The prefix of every node label key the operator sets (`swarmseed.io/ds.`).
 pub const KEY_PREFIX: &str = "swarmseed.io/ds.";
 
 /// The label key for the Dataset `namespace/name`.
@@ -18,7 +20,7 @@ pub fn key(namespace: &str, name: &str) -> String {
     format!("{KEY_PREFIX}{}", hex::encode(&hash.as_bytes()[..8]))
 }
 
-/// Whether `key` is a label key set by this operator (for cleaning up
+/// Whether `key` is a node label key set by the operator (for cleaning up
 /// labels of Datasets that no longer exist).
 pub fn is_dataset_key(key: &str) -> bool {
     key.strip_prefix(KEY_PREFIX).is_some_and(|h| {
@@ -27,6 +29,19 @@ pub fn is_dataset_key(key: &str) -> bool {
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
     })
 }
+
+/// The labels every agent Pod carries: the agent DaemonSet's selector. The
+/// Helm chart spells them in its templates; a chart test holds the two
+/// equal.
+pub const AGENT_POD_LABELS: [(&str, &str); 2] = [
+    ("app.kubernetes.io/name", "swarmseed"),
+    ("app.kubernetes.io/component", "agent"),
+];
+
+/// [`AGENT_POD_LABELS`] as a label selector, for listing and watching the
+/// agent Pods.
+pub const AGENT_SELECTOR: &str =
+    "app.kubernetes.io/name=swarmseed,app.kubernetes.io/component=agent";
 
 #[cfg(test)]
 mod tests {
@@ -81,5 +96,14 @@ mod tests {
         assert!(!is_dataset_key("swarmseed.io/ds.xyz"));
         assert!(!is_dataset_key("example.com/ds.0123456789abcdef"));
         assert!(!is_dataset_key("swarmseed.io/ds.0123456789ABCDEF"));
+    }
+
+    #[test]
+    fn the_agent_selector_selects_the_agent_pod_labels() {
+        let pairs: Vec<String> = AGENT_POD_LABELS
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(AGENT_SELECTOR, pairs.join(","));
     }
 }

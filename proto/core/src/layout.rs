@@ -20,7 +20,35 @@ use std::ops::Range;
 use thiserror::Error;
 
 use crate::path::{PathError, validate_listing};
-use crate::pb::FileEntry;
+
+/// One file of a source listing, as the operator lists it and every agent
+/// receives it. This is also the protobuf message `FileEntry` of
+/// `agent.proto` (the generated gRPC code maps it here): fields and tags
+/// must match that file, which the `proto` crate's build checks.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct FileEntry {
+    /// Relative, '/'-separated path inside the dataset.
+    #[prost(string, tag = "1")]
+    pub path: String,
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// Permission bits of the published file; write bits are always cleared.
+    /// 0 means 0444.
+    #[prost(uint32, tag = "3")]
+    pub mode: u32,
+    /// The origin's ETag for this object; ranged reads are pinned to it.
+    #[prost(string, tag = "4")]
+    pub etag: String,
+    /// The origin's object version, where the store has versions.
+    #[prost(string, tag = "5")]
+    pub version: String,
+    /// A digest of the whole file the origin offered when it was listed
+    /// (`sha256:<hex>`, `sha512:<hex>` or `md5:<hex>`), checked on every read
+    /// whose answer repeats it and on every read of the whole file; empty
+    /// when the origin offered none.
+    #[prost(string, tag = "6")]
+    pub checksum: String,
+}
 
 pub const MIN_CHUNK_SIZE: u64 = 64 * 1024;
 pub const MAX_CHUNK_SIZE: u64 = 256 * 1024 * 1024;
@@ -408,22 +436,6 @@ mod tests {
             ChunkLayout::new(files, MIB).unwrap().revision(),
             with.revision()
         );
-    }
-
-    #[test]
-    fn listings_are_bounded_in_bytes() {
-        let files = vec![file("a", 1), file("b", 2)];
-        let bytes = listing_bytes(&files);
-        let encoded = prost::Message::encoded_len(&crate::pb::Assignment {
-            files: files.clone(),
-            ..Default::default()
-        });
-        assert!(bytes >= encoded, "{bytes} < {encoded}");
-        // Paths of the longest kind: the bound bites long before MAX_FILES.
-        let long = "p".repeat(crate::path::MAX_PATH_LEN - 8);
-        let per_file = listing_bytes(&[file(&long, 1)]);
-        assert!(MAX_LISTING_BYTES / per_file < MAX_FILES);
-        const { assert!(MAX_ASSIGNMENT_BYTES > MAX_LISTING_BYTES) };
     }
 
     #[test]
